@@ -1,0 +1,388 @@
+"""Scoring predictions: exact match, execution match, breakdowns.
+
+Rules:
+
+* **Execution match.** Gold and prediction run on the same databases: a
+  throwaway in-memory copy of ``db_dir/<db_id>.sqlite`` when the row has a
+  ``db_id`` and ``db_dir`` is given (real-database mode), else ``n_databases``
+  synthesized databases (:mod:`sqltune.synth`). The prediction matches when
+  its result equals the gold result on *every* database.
+* **Rows** are compared as multisets (duplicates count); order matters only
+  when the gold query's outermost query has ORDER BY (then lists must be
+  equal, ties included).
+* **Columns**: both results must have the same number of columns; columns
+  may appear in a different order (one permutation, the same on every
+  database, as in the test-suite evaluation).
+* **Floats** are rounded to 6 significant digits before comparing; an
+  integral float equals the integer (``2.0 == 2``, so AVG vs SUM/COUNT
+  arithmetic agrees).
+* **Undecidable**: when the gold query returns no rows on every database, the
+  example can't tell a right query from a wrong one. It is reported
+  (``undecidable: true``), never counted as a pass, and left out of the
+  ``execution_accuracy`` denominator: ``execution_accuracy = correct / (n -
+  undecidable - gold_error)``; ``execution_accuracy_all = correct / n`` counts
+  everything. ``gold_error`` (the gold query fails on a database) is handled
+  the same way.
+* **Bad predictions** (empty, prose, several statements, writes) never raise:
+  anything sqlglot reads as a non-read-only statement is refused without
+  running; everything else runs only inside the sandbox (which itself refuses
+  writes/ATTACH/PRAGMA), so text sqlglot can't parse still gets SQLite's verdict.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+from collections import Counter, defaultdict
+from functools import lru_cache
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from sqlglot import exp
+
+from sqltune.errors import SqltuneError
+from sqltune.sandbox import DEFAULT_MAX_ROWS, QueryResult, open_database_copy, run_query
+from sqltune.sql import (
+    FEATURES,
+    _parse_shared,
+    exact_match,
+    extract_sql,
+    features,
+    is_read_only,
+    normalize,
+    schema_valid,
+)
+from sqltune.synth import synthesize
+
+SIG_DIGITS = 6
+MAX_PERMUTATIONS = 720
+
+
+# --------------------------------------------------------------- result compare
+
+
+def _norm_value(v):
+    if isinstance(v, float):
+        if math.isfinite(v):
+            if v == int(v) and abs(v) < 2**53:
+                return int(v)
+            return float(f"{v:.{SIG_DIGITS}g}")
+    return v
+
+
+def _norm_rows(rows: Iterable[tuple]) -> list[tuple]:
+    return [tuple(_norm_value(v) for v in r) for r in rows]
+
+
+def _same(gold: list[tuple], pred: list[tuple], ordered: bool) -> bool:
+    if len(gold) != len(pred):
+        return False
+    if ordered:
+        return gold == pred
+    return Counter(gold) == Counter(pred)
+
+
+def _column_signature(results: Sequence[list[tuple]], j: int) -> tuple:
+    return tuple(frozenset(Counter(r[j] for r in rows).items()) for rows in results)
+
+
+def _permutations(gold_sig: list, pred_sig: list) -> Iterable[tuple[int, ...]]:
+    n = len(gold_sig)
+    cands = [[j for j in range(n) if pred_sig[j] == gold_sig[i]] for i in range(n)]
+    if any(not c for c in cands):
+        return
+    chosen: list[int] = []
+    used: set[int] = set()
+
+    def rec(i: int):
+        if i == n:
+            yield tuple(chosen)
+            return
+        for j in cands[i]:
+            if j not in used:
+                used.add(j)
+                chosen.append(j)
+                yield from rec(i + 1)
+                chosen.pop()
+                used.discard(j)
+
+    yield from rec(0)
+
+
+def results_match(
+    gold: Sequence[Sequence[tuple]],
+    pred: Sequence[Sequence[tuple]],
+    *,
+    ordered: bool = False,
+    gold_columns: int | None = None,
+    pred_columns: int | None = None,
+) -> bool:
+    """Do the prediction's results equal the gold results on every database?
+
+    ``gold``/``pred``: one row list per database. Rows are multisets unless
+    ``ordered``; floats are rounded to 6 significant digits; columns may be
+    permuted (one permutation for all databases) but their number must agree
+    (``*_columns`` give it when all results are empty).
+    """
+    if len(gold) != len(pred):
+        return False
+    g = [_norm_rows(r) for r in gold]
+    p = [_norm_rows(r) for r in pred]
+    width_g = gold_columns if gold_columns is not None else next((len(r[0]) for r in g if r), None)
+    width_p = pred_columns if pred_columns is not None else next((len(r[0]) for r in p if r), None)
+    if width_g is not None and width_p is not None and width_g != width_p:
+        return False
+    if any(len(a) != len(b) for a, b in zip(g, p)):
+        return False
+    if all(_same(a, b, ordered) for a, b in zip(g, p)):
+        return True
+    n = width_g or width_p or 0
+    if n < 2 or any(len(row) != n for rows in g + p for row in rows):
+        return False
+    gold_sig = [_column_signature(g, j) for j in range(n)]
+    pred_sig = [_column_signature(p, j) for j in range(n)]
+    for perm in islice(_permutations(gold_sig, pred_sig), MAX_PERMUTATIONS):
+        if all(_same(a, [tuple(r[j] for j in perm) for r in b], ordered) for a, b in zip(g, p)):
+            return True
+    return False
+
+
+def gold_is_ordered(gold_sql: str) -> bool:
+    """True when the outermost query of ``gold_sql`` has ORDER BY."""
+    node = _parse_shared(gold_sql)
+    while isinstance(node, exp.Subquery):
+        node = node.this
+    return node is not None and node.args.get("order") is not None
+
+
+# ------------------------------------------------------------------- databases
+
+
+@lru_cache(maxsize=16)
+def _real_db(path: str, mtime_ns: int, size: int) -> sqlite3.Connection:
+    return open_database_copy(path)
+
+
+def real_database(db_dir: str | os.PathLike, db_id: str) -> sqlite3.Connection:
+    """Hardened in-memory copy of ``db_dir/<db_id>.sqlite`` (cached per file
+    version; safe to share because every connection refuses writes)."""
+    path = Path(db_dir) / f"{db_id}.sqlite"
+    if not path.is_file():
+        raise SqltuneError(
+            f"database file {path} for db_id {db_id!r} does not exist; "
+            "point --db-dir at the folder holding <db_id>.sqlite files"
+        )
+    st = path.stat()
+    return _real_db(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def _context_from_db(conn: sqlite3.Connection) -> str:
+    rows = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND sql IS NOT NULL").fetchall()
+    return "; ".join(r[0] for r in rows)
+
+
+# --------------------------------------------------------------------- scoring
+
+
+def score_example(
+    row: dict,
+    prediction_text: str | None,
+    *,
+    n_databases: int = 8,
+    seed: int = 0,
+    timeout_s: float = 2.0,
+    db_dir: str | os.PathLike | None = None,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> dict:
+    """Verdicts for one example (see the module docstring for the rules).
+
+    Returns ``prediction`` (the extracted SQL), ``parse_ok`` (sqlglot reads
+    one statement), ``schema_valid``, ``exact_match``, ``execution_match``,
+    ``undecidable``, ``gold_error``, ``error`` (None or one of ``refused``,
+    ``timeout``, ``error``, ``row_limit`` for the prediction, ``gold_error``
+    when the gold query fails), ``error_message``, ``features`` (of the gold
+    query) and ``source``.
+
+    Raises ``SqltuneError`` only for data problems (missing gold, invalid
+    context DDL, a missing database file), never for a bad prediction.
+    """
+    gold = row.get("answer")
+    if not isinstance(gold, str) or not gold.strip():
+        raise SqltuneError("the row has no gold SQL in 'answer'; add it")
+    gold = extract_sql(gold)
+    context = row.get("context")
+    db_id = row.get("db_id")
+    pred = extract_sql(prediction_text if isinstance(prediction_text, str) else "")
+
+    real_mode = bool(db_id) and db_dir is not None
+    dbs: list[sqlite3.Connection]
+    if real_mode:
+        dbs = [real_database(db_dir, str(db_id))]
+        if not isinstance(context, str) or not context.strip():
+            context = _context_from_db(dbs[0])
+    elif not isinstance(context, str) or not context.strip():
+        raise SqltuneError(
+            "the row has no 'context' (CREATE TABLE statements) and no db_id with --db-dir; "
+            "add the context or pass --db-dir"
+        )
+
+    parse_ok = _parse_shared(pred) is not None
+    out = {
+        "prediction": pred,
+        "parse_ok": parse_ok,
+        "schema_valid": schema_valid(pred, context) if parse_ok else False,
+        "exact_match": exact_match(pred, gold, context) if parse_ok else False,
+        "execution_match": False,
+        "undecidable": False,
+        "gold_error": False,
+        "error": None,
+        "error_message": "",
+        "features": sorted(features(gold)),
+        "source": row.get("source") or (str(db_id) if db_id else "unknown"),
+    }
+    if normalize(gold, context) is None:
+        out["gold_error"] = True
+        out["error"] = "gold_error"
+        out["error_message"] = "gold SQL does not parse"
+
+    if not real_mode:
+        dbs = synthesize(context, gold, n_databases, seed)
+    try:
+        gold_results: list[QueryResult] = []
+        for db in dbs:
+            r = run_query(db, gold, timeout_s=timeout_s, max_rows=max_rows)
+            if not r.ok:
+                out.update(gold_error=True, error="gold_error", error_message=f"gold {r.error}: {r.message}")
+                return out
+            gold_results.append(r)
+        if out["gold_error"]:
+            return out
+        out["undecidable"] = all(not r.rows for r in gold_results)
+
+        if not pred:
+            out.update(error="error", error_message="empty prediction")
+            return out
+        if parse_ok and not is_read_only(pred):
+            out.update(error="refused", error_message="not a single read-only query")
+            return out
+        pred_results: list[QueryResult] = []
+        for db in dbs:
+            r = run_query(db, pred, timeout_s=timeout_s, max_rows=max_rows)
+            if not r.ok:
+                out.update(error=r.error, error_message=r.message[:200])
+                return out
+            pred_results.append(r)
+        if out["undecidable"]:
+            return out
+        out["execution_match"] = results_match(
+            [r.rows for r in gold_results],
+            [r.rows for r in pred_results],
+            ordered=gold_is_ordered(gold),
+            gold_columns=gold_results[0].n_columns,
+            pred_columns=pred_results[0].n_columns,
+        )
+        return out
+    finally:
+        if not real_mode:
+            for db in dbs:
+                db.close()
+
+
+def _fraction(num: int, den: int) -> float | None:
+    return num / den if den else None
+
+
+def _group_stats(items: list[dict]) -> dict:
+    n = len(items)
+    decidable = [e for e in items if not e["undecidable"] and not e["gold_error"]]
+    return {
+        "n": n,
+        "exact_match": _fraction(sum(e["exact_match"] for e in items), n),
+        "execution_accuracy": _fraction(sum(e["execution_match"] for e in decidable), len(decidable)),
+    }
+
+
+def summarize(per_example: list[dict]) -> dict:
+    """Summary metrics; fractions are in [0, 1] (None when a denominator is 0).
+
+    ``by_feature`` groups by the gold query's features (an example counts in
+    each of its features; ``none`` holds examples with no feature), and
+    ``by_source`` by the row's ``source`` (else ``db_id``, else ``unknown``);
+    each group has ``n``, ``exact_match`` and ``execution_accuracy`` (same
+    denominator rule as the overall number).
+    """
+    n = len(per_example)
+    correct = sum(e["execution_match"] for e in per_example)
+    undecidable = sum(e["undecidable"] for e in per_example)
+    gold_errors = sum(e["gold_error"] for e in per_example)
+    by_feature: dict[str, list[dict]] = defaultdict(list)
+    by_source: dict[str, list[dict]] = defaultdict(list)
+    for e in per_example:
+        for f in e["features"] or ["none"]:
+            by_feature[f].append(e)
+        by_source[e["source"]].append(e)
+    errors = Counter(e["error"] for e in per_example if e["error"])
+    return {
+        "n": n,
+        "exact_match": _fraction(sum(e["exact_match"] for e in per_example), n),
+        "execution_accuracy": _fraction(correct, n - undecidable - gold_errors),
+        "execution_accuracy_all": _fraction(correct, n),
+        "parse_rate": _fraction(sum(e["parse_ok"] for e in per_example), n),
+        "schema_valid_rate": _fraction(sum(e["schema_valid"] for e in per_example), n),
+        "undecidable": _fraction(undecidable, n),
+        "gold_error": _fraction(gold_errors, n),
+        "n_correct": correct,
+        "n_decidable": n - undecidable - gold_errors,
+        "errors": dict(sorted(errors.items())),
+        "by_feature": {
+            f: _group_stats(by_feature[f]) for f in (*FEATURES, "none") if f in by_feature
+        },
+        "by_source": {s: _group_stats(v) for s, v in sorted(by_source.items())},
+    }
+
+
+def _score_one(args):
+    i, row, pred, opts = args
+    try:
+        result = score_example(row, pred, **opts)
+    except SqltuneError as exc:
+        raise SqltuneError(f"data row {i + 1}: {exc}") from None
+    result["index"] = i
+    if row.get("db_id"):
+        result["db_id"] = row["db_id"]
+    return result
+
+
+def score_rows(
+    rows: Sequence[dict],
+    predictions: Sequence[str | None],
+    *,
+    n_databases: int = 8,
+    seed: int = 0,
+    timeout_s: float = 2.0,
+    db_dir: str | os.PathLike | None = None,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> tuple[dict, list[dict]]:
+    """Score ``predictions[i]`` against ``rows[i]``; returns (summary, per-example)."""
+    if len(rows) != len(predictions):
+        raise SqltuneError(
+            f"{len(rows)} data rows but {len(predictions)} predictions; give one prediction per row"
+        )
+    if n_databases < 1:
+        raise SqltuneError(f"n_databases must be at least 1 (got {n_databases})")
+    if timeout_s <= 0:
+        raise SqltuneError(f"timeout must be positive (got {timeout_s})")
+    if db_dir is not None and not Path(db_dir).is_dir():
+        raise SqltuneError(f"--db-dir {db_dir} is not a directory; point it at the folder of <db_id>.sqlite files")
+    opts = dict(n_databases=n_databases, seed=seed, timeout_s=timeout_s, db_dir=db_dir, max_rows=max_rows)
+    per_example = [_score_one((i, r, p, opts)) for i, (r, p) in enumerate(zip(rows, predictions))]
+    summary = summarize(per_example)
+    summary["settings"] = {
+        "n_databases": n_databases,
+        "seed": seed,
+        "timeout_s": timeout_s,
+        "db_dir": str(db_dir) if db_dir is not None else None,
+    }
+    return summary, per_example
