@@ -1,0 +1,39 @@
+"""The evaluate stage's logic: generate SQL with the base and the fine-tuned model, score both."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sqltune.config import Params
+from sqltune.generation import generate
+from sqltune.io import read_jsonl
+from sqltune.modeling import attach_adapter, load_base_for_inference
+from sqltune.scoring import score_rows
+
+
+def predict_and_score(model, tok, rows: list[dict], params: Params) -> tuple[dict, list[dict]]:
+    e = params.evaluate
+    t0 = time.perf_counter()
+    preds = generate(model, tok, [r["prompt"] for r in rows], e.max_new_tokens, e.batch_size)
+    gen_s = time.perf_counter() - t0
+    summary, per_example = score_rows(
+        rows, preds, n_databases=e.n_databases, seed=params.seed,
+        timeout_s=e.query_timeout_s, db_dir=e.db_dir,
+    )
+    summary["generation_seconds"] = round(gen_s, 2)
+    summary["samples_per_second"] = round(len(rows) / gen_s, 2) if gen_s > 0 else None
+    return summary, per_example
+
+
+def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, base_cache: str | Path):
+    """Return {"base": (summary, per_example)?, "finetuned": (summary, per_example), "_rows": test rows}."""
+    rows = read_jsonl(test_file)[: params.evaluate.limit]
+    model, tok = load_base_for_inference(params, base_cache)
+    results = {}
+    if params.evaluate.score_base:
+        results["base"] = predict_and_score(model, tok, rows, params)
+    model = attach_adapter(model, adapter_dir)
+    results["finetuned"] = predict_and_score(model, tok, rows, params)
+    results["_rows"] = rows
+    return results

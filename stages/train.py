@@ -1,0 +1,32 @@
+"""train stage: LoRA / QLoRA fine-tuning with TRL's SFTTrainer; resumes after a kill."""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from sqltune.config import load_params  # noqa: E402
+from sqltune.errors import run_main  # noqa: E402
+from sqltune.training import train  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--data", required=True, help="train.jsonl from prepare")
+    ap.add_argument("--adapter", required=True, help="output folder for the LoRA adapter")
+    ap.add_argument("--checkpoints", required=True, help="persistent folder for resumable checkpoints")
+    ap.add_argument("--live", required=True, help="dvclive folder for training curves")
+    ap.add_argument("--base-cache", required=True, help="where embedded GGUF models are converted once")
+    args = ap.parse_args()
+
+    params = load_params(args.params)
+    warn = lambda msg: print(f"train: {msg}", file=sys.stderr)  # noqa: E731
+    summary = train(params, args.data, args.adapter, args.checkpoints, args.live, args.base_cache, warn)
+    print(f"train: done at step {summary['global_step']}, loss {summary.get('train_loss', float('nan')):.4f}, "
+          f"{summary.get('train_runtime', 0):.0f}s")
+
+
+if __name__ == "__main__":
+    run_main(main)

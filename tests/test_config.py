@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sqltune.config import load_params, parse_params
+from sqltune.errors import SqltuneError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def base() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", [ROOT / "params.yaml", *sorted((ROOT / "presets").glob("*.yaml"))],
+                         ids=lambda p: p.name)
+def test_shipped_params_and_presets_validate(path):
+    p = load_params(path)
+    assert p.train.lora.r > 0 and p.prepare.test_size > 0
+
+
+def test_default_is_the_offline_embedded_run():
+    p = load_params(ROOT / "params.yaml")
+    assert p.model.name == "smollm2-135m-instruct" and p.prepare.dataset == "embedded"
+    assert p.train.quantization.load_in_4bit is False
+
+
+def test_reference_preset_matches_the_recipe():
+    p = load_params(ROOT / "presets" / "llama-3.1-8b.yaml")
+    q, lora, t = p.train.quantization, p.train.lora, p.train.trainer
+    assert p.model.name == "meta-llama/Llama-3.1-8B"
+    assert (q.load_in_4bit, q.quant_type, q.double_quant) == (True, "nf4", True)
+    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (256, 128, 0.05, "all-linear")
+    assert (t.epochs, t.learning_rate, t.lr_scheduler, t.gradient_accumulation_steps) == (3, 2e-4, "constant", 8)
+    assert t.gradient_checkpointing and t.precision == "bf16"
+    assert (p.prepare.dataset, p.prepare.train_size, p.prepare.test_size) == ("b-mc2/sql-create-context", 10000, 2500)
+
+
+def test_unknown_key_at_depth_is_named_with_full_path():
+    d = base()
+    d["train"]["lora"]["rank"] = 8
+    with pytest.raises(SqltuneError, match=r"train\.lora\.rank: unknown key"):
+        parse_params(d)
+
+
+def test_every_problem_is_listed_in_one_message():
+    d = base()
+    d["train"]["trainer"]["learning_rate"] = -1
+    d["train"]["lora"]["r"] = 0
+    d["evaluate"]["batch_size"] = "sixteen"
+    d["prepare"]["typo"] = 1
+    with pytest.raises(SqltuneError) as exc:
+        parse_params(d, "params.yaml")
+    msg = str(exc.value)
+    assert msg.startswith("params.yaml has 4 problems")
+    for path in ("train.trainer.learning_rate", "train.lora.r", "evaluate.batch_size", "prepare.typo"):
+        assert path in msg
+
+
+def test_missing_section_and_bad_choice():
+    d = base()
+    del d["model"]
+    d["prepare"]["split"] = "by_vibes"
+    msg = str(pytest.raises(SqltuneError, parse_params, d).value)
+    assert "model: required key is missing" in msg and "prepare.split" in msg
+
+
+def test_system_prompt_needs_context_placeholder():
+    d = base()
+    d["prepare"]["system_prompt"] = "Write SQL."
+    with pytest.raises(SqltuneError, match="{context}"):
+        parse_params(d)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("seed: 1\nmodel: [unclosed\n")
+    with pytest.raises(SqltuneError, match=r"not valid YAML at line \d+"):
+        load_params(f)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(SqltuneError, match="not found"):
+        load_params(tmp_path / "nope.yaml")

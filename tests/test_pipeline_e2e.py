@@ -1,0 +1,93 @@
+"""End to end: `dvc repro` in a temp copy of the project on a tiny config, with the real embedded model."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "prepare": {"train_size": 24, "test_size": 8},
+    "train": {"trainer": {"epochs": 1, "max_length": 512, "per_device_batch_size": 2, "logging_steps": 1,
+                          "save_steps": 4}},
+    "evaluate": {"max_new_tokens": 24, "batch_size": 8, "n_databases": 2},
+    "merge": {"parity_samples": 4},
+}
+
+
+def deep_update(d: dict, u: dict) -> dict:
+    for k, v in u.items():
+        d[k] = deep_update(d.get(k, {}), v) if isinstance(v, dict) else v
+    return d
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    proj = tmp_path_factory.mktemp("proj")
+    for item in ("dvc.yaml", "stages", "sqltune", ".dvcignore"):
+        src = ROOT / item
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, proj / item)
+    params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (proj / ".gitignore").write_text("__pycache__/\n/models/base/\n/models/checkpoints/\n")
+    run(["git", "init", "-q"], proj)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], proj)
+    run(["dvc", "init", "-q"], proj)
+    run(["git", "add", "-A"], proj)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "project"], proj)
+    out = run(["dvc", "repro"], proj)
+    assert stages_run(out) == ["prepare", "train", "evaluate", "merge"]
+    return proj
+
+
+def test_outputs(project):
+    for f in ("data/prepared/train.jsonl", "data/prepared/test.jsonl", "models/adapter/adapter_model.safetensors",
+              "models/merged/config.json", "models/merged/chat_template.jinja", "dvc.lock",
+              "metrics/predictions.jsonl"):
+        assert (project / f).is_file(), f
+    ev = json.loads((project / "metrics/eval/metrics.json").read_text())
+    for model in ("base", "finetuned"):
+        assert ev[model]["n"] == 8 and 0 <= ev[model]["execution_accuracy_all"] <= 1
+    assert json.loads((project / "metrics/prepare.json").read_text())["train_rows"] == 24
+    assert 0 <= json.loads((project / "metrics/merge.json").read_text())["parity"] <= 1
+    preds = [json.loads(line) for line in (project / "metrics/predictions.jsonl").read_text().splitlines()]
+    assert {p["model"] for p in preds} == {"base", "finetuned"} and len(preds) == 16
+
+
+def test_training_curve_is_at_global_steps(project):
+    loss = (project / "metrics/train/plots/metrics/loss.tsv").read_text().splitlines()
+    steps = [int(line.split("\t")[0]) for line in loss[1:]]
+    final = json.loads((project / "metrics/train/metrics.json").read_text())["step"]
+    assert len(steps) >= 2 and steps == list(range(1, len(steps) + 1))  # logging_steps=1: every global step
+    assert final == steps[-1]
+
+
+def test_second_repro_is_a_noop(project):
+    assert stages_run(run(["dvc", "repro"], project)) == []
+
+
+def test_evaluate_param_reruns_only_evaluate(project):
+    out = run(["dvc", "exp", "run", "-S", "evaluate.n_databases=3"], project)
+    assert stages_run(out) == ["evaluate"]
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project)
+    assert "finetuned.execution_accuracy" in shown and "evaluate.n_databases" in shown
+    assert "finetuned.exact_match" in run(["dvc", "metrics", "show"], project)
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], project))
+    assert any(name.endswith("loss.tsv") for name in plots["data"])
