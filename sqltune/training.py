@@ -29,7 +29,7 @@ def lora_config(lp: LoraParams):
     )
 
 
-def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype):
+def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype, **overrides):
     import torch
     from trl import SFTConfig
 
@@ -60,6 +60,7 @@ def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype):
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
+        **overrides,
     )
 
 
@@ -148,15 +149,32 @@ def interrupt_callback():
     return SaveOnInterrupt()
 
 
+def build_trainer(params: Params, model, tok, dataset, out_dir: str | Path, callbacks=(), **overrides):
+    """The train stage's SFTTrainer: its config, collator, LoRA and callbacks. The throughput
+    benchmark builds its trainer here too, so it measures exactly what the stage runs."""
+    from trl import SFTTrainer
+
+    from sqltune.modeling import amp_dtype
+
+    tp = params.train.trainer
+    return SFTTrainer(
+        model=model,
+        args=sft_config(tp, out_dir, params.seed, amp_dtype(tp.precision), **overrides),
+        train_dataset=dataset,
+        processing_class=tok,
+        peft_config=lora_config(params.train.lora),
+        callbacks=list(callbacks),
+    )
+
+
 def train(params: Params, train_file: str | Path, adapter_dir: str | Path, ckpt_dir: str | Path,
           live_dir: str | Path, base_cache: str | Path, warn=print) -> dict:
     """Fine-tune a LoRA adapter; resume from the newest complete checkpoint of the same run."""
     from datasets import Dataset
-    from trl import SFTTrainer
 
     from sqltune.errors import SqltuneError
     from sqltune.io import atomic_path, read_jsonl
-    from sqltune.modeling import amp_dtype, load_model, load_tokenizer, resolve_model
+    from sqltune.modeling import load_model, load_tokenizer, resolve_model
 
     tp, ckpt_dir = params.train.trainer, Path(ckpt_dir)
     resolved = resolve_model(params.model, base_cache)
@@ -169,14 +187,8 @@ def train(params: Params, train_file: str | Path, adapter_dir: str | Path, ckpt_
     resume = usable_checkpoint(ckpt_dir, fingerprint, warn)
     mark_run(ckpt_dir, fingerprint)
     stop = interrupt_callback()
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(tp, ckpt_dir, params.seed, amp_dtype(tp.precision)),
-        train_dataset=dataset,
-        processing_class=tok,
-        peft_config=lora_config(params.train.lora),
-        callbacks=[dvclive_callback(live_dir, resume=resume is not None), stop],
-    )
+    live = dvclive_callback(live_dir, resume=resume is not None)
+    trainer = build_trainer(params, model, tok, dataset, ckpt_dir, callbacks=[live, stop])
     if resume:
         warn(f"resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)

@@ -91,3 +91,23 @@ def test_evaluate_param_reruns_only_evaluate(project):
     assert "finetuned.exact_match" in run(["dvc", "metrics", "show"], project)
     plots = json.loads(run(["dvc", "plots", "show", "--json"], project))
     assert any(name.endswith("loss.tsv") for name in plots["data"])
+
+
+def test_merged_model_loads_and_answers_with_its_chat_template(project):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = project / "models/merged"
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    tok = AutoTokenizer.from_pretrained(merged)
+    row = json.loads((project / "data/prepared/test.jsonl").read_text().splitlines()[0])
+    ids = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=16, do_sample=False)
+    answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert answer.strip()
+
+
+def test_lora_param_reruns_train_and_downstream_not_prepare(project):
+    out = run(["dvc", "exp", "run", "-S", "train.lora.r=8"], project)
+    assert stages_run(out) == ["train", "evaluate", "merge"]

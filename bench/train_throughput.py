@@ -1,0 +1,213 @@
+"""Training throughput: the train stage's own code path vs the reference recipe, same process.
+
+Builds a model of a named architecture with random weights (the cost of a step does not depend on
+the values), loads it through sqltune's own loader (4-bit NF4 when the params ask), and runs
+`sqltune.training.build_trainer` - the train stage's SFTTrainer, collator and config - for a few
+steps per setup. Real tokens are the non-padding tokens the collator hands the model.
+
+MFU = real tokens/s x FLOP/token / peak, with FLOP/token = 8 x N (forward 2N, recompute under
+gradient checkpointing 2N, backward 4N; frozen base weights still need activation gradients, so
+QLoRA saves no FLOPs there) or 6 x N without checkpointing; attention FLOPs are left out.
+Peak: 989 TFLOP/s dense bf16 on an H100 SXM.
+
+Usage:
+  python bench/train_throughput.py --arch llama-3.1-8b --data ROWS.jsonl \
+      --setup reference=presets/llama-3.1-8b.yaml:packing=false,per_device_batch_size=1 \
+      --setup preset=presets/llama-3.1-8b.yaml --steps 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sqltune.config import load_params, parse_params  # noqa: E402
+from sqltune.data import to_messages  # noqa: E402
+from sqltune.io import read_jsonl  # noqa: E402
+
+ARCHS = {
+    "llama-3.1-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                         rope_theta=500000.0, tie_word_embeddings=False),
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                         rope_theta=100000.0, tie_word_embeddings=True),
+}
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
+
+
+def random_model_dir(arch: str, root: Path) -> Path:
+    """Random weights saved once as a normal HF folder, so sqltune's loader (and 4-bit) applies."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = root / arch
+    if (out / "config.json").is_file():
+        return out
+    cfg = LlamaConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2, **ARCHS[arch])
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(out, max_shard_size="20GB")
+    return out
+
+
+def count_params(config) -> int:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):  # 4-bit weights pack two values per byte; count the architecture's
+        return sum(p.numel() for p in LlamaForCausalLM(config).parameters())
+
+
+def apply_overrides(data: dict, spec: str) -> dict:
+    for item in filter(None, spec.split(",")):
+        key, value = item.split("=", 1)
+        section = data["train"]["trainer"] if key in data["train"]["trainer"] else data["train"]["lora"]
+        section[key] = json.loads(value) if value not in ("true", "false") else value == "true"
+    return data
+
+
+class TokenCounter:
+    """Wraps the trainer's collator: counts the real (non-padding) tokens it emits."""
+
+    def __init__(self, collate):
+        self.collate, self.tokens = collate, 0
+
+    def __call__(self, examples):
+        batch = self.collate(examples)
+        mask = batch.get("attention_mask")  # absent when padding-free: every token is real
+        self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        return batch
+
+
+def run_setup(name, params, model_dir, tok, rows, steps, warmup):
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from sqltune.modeling import ResolvedModel, load_model
+    from sqltune.training import build_trainer
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    tp = params.train.trainer
+    model = load_model(ResolvedModel(str(model_dir), "local"), params.model, params.train.quantization, tp.precision)
+    data = Dataset.from_list([to_messages(r, params.prepare.system_prompt) for r in rows])
+    marks = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            if state.global_step == warmup:
+                marks["t0"], marks["tok0"] = time.perf_counter(), counter.tokens
+            if state.global_step == warmup + steps:
+                marks["t1"], marks["tok1"] = time.perf_counter(), counter.tokens
+                control.should_training_stop = True
+
+    trainer = build_trainer(params, model, tok, data, f"/tmp/bench-{name}", callbacks=[Clock()],
+                            max_steps=warmup + steps)  # < save_steps: no checkpoint is written
+    counter = TokenCounter(trainer.data_collator)
+    trainer.data_collator = counter
+    trainer.train()
+    tok_s = (marks["tok1"] - marks["tok0"]) / (marks["t1"] - marks["t0"])
+    n_params = count_params(model.config)
+    result = {
+        "setup": name, "real_tokens_per_s": round(tok_s, 1),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
+        "flop_per_token": (8 if tp.gradient_checkpointing else 6) * n_params,
+        "settings": {**tp.model_dump(), "lora_r": params.train.lora.r,
+                     "load_in_4bit": params.train.quantization.load_in_4bit,
+                     "attn": model.config._attn_implementation},
+    }
+    del trainer, model
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
+def card_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="llama-3.1-8b")
+    ap.add_argument("--data", required=True, help="sql-create-context shaped JSONL (question/context/answer)")
+    ap.add_argument("--rows", type=int, default=4000)
+    ap.add_argument("--setup", action="append", required=True,
+                    help="NAME=PARAMS.yaml[:key=value,...]; the first one is the baseline for ratios")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--model-root", default="/tmp/sqltune-bench-models")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--tokenizer", help="tokenizer folder (default: the embedded model's, from its GGUF)")
+    args = ap.parse_args()
+
+    import yaml
+    from transformers import AutoTokenizer
+
+    from sqltune.modeling import PLAIN_CHAT_TEMPLATE, embedded_gguf
+
+    if args.tokenizer:
+        tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    else:
+        gguf = embedded_gguf("smollm2-135m-instruct")
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if args.arch != "smollm2-135m":
+        # The base Llama ships no chat template; sqltune gives such models the plain one.
+        tok.chat_template = PLAIN_CHAT_TEMPLATE
+    rows = read_jsonl(args.data)[: args.rows]
+    model_dir = random_model_dir(args.arch, Path(args.model_root))
+    results = []
+    for spec in args.setup:
+        name, rest = spec.split("=", 1)
+        path, _, overrides = rest.partition(":")
+        data = apply_overrides(yaml.safe_load(Path(path).read_text()), overrides)
+        params = parse_params(data, path)
+        try:
+            results.append(run_setup(name, params, model_dir, tok, rows, args.steps, args.warmup))
+        except RuntimeError as exc:  # CUDA out of memory is a result for a memory policy, not a crash
+            if "out of memory" not in str(exc):
+                raise
+            import gc
+
+            import torch
+
+            gc.collect()
+            torch.cuda.empty_cache()
+            results.append({"setup": name, "real_tokens_per_s": None, "oom": True})
+        print(json.dumps(results[-1]), flush=True)
+    card = card_name()
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in card), None)
+    base = results[0]["real_tokens_per_s"]
+    for r in results:
+        ok = r["real_tokens_per_s"] is not None
+        r["vs_baseline"] = round(r["real_tokens_per_s"] / base, 2) if ok else None
+        r["mfu"] = round(r["real_tokens_per_s"] * r["flop_per_token"] / (peak * 1e12), 4) if ok and peak else None
+    report = {"card": card, "arch": args.arch, "steps": args.steps, "warmup": args.warmup,
+              "tokenizer": "SmolLM2 (token counts approximate the model's own)", "results": results}
+    out = Path(args.out) / f"train_throughput-{args.arch}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{card}, {args.arch}\n| setup | real tok/s | x baseline | MFU | peak GiB |\n|---|---|---|---|---|")
+    for r in results:
+        if r["real_tokens_per_s"] is None:
+            print(f"| {r['setup']} | out of memory | | | |")
+            continue
+        print(f"| {r['setup']} | {r['real_tokens_per_s']:,.0f} | {r['vs_baseline']} | {r['mfu']} | {r['peak_gib']} |")
+
+
+if __name__ == "__main__":
+    main()
