@@ -105,6 +105,15 @@ def mark_run(ckpt_dir: Path, fingerprint: str) -> None:
     (ckpt_dir / FINGERPRINT).write_text(json.dumps({"fingerprint": fingerprint}))
 
 
+def trim_curves(live_dir: str | Path, last_step: int) -> None:
+    """Drop logged points past the checkpoint we resume from: the steps after it are trained
+    again, and without this each would appear twice in the curves."""
+    for tsv in Path(live_dir, "plots", "metrics").rglob("*.tsv"):
+        header, *rows = tsv.read_text().splitlines()
+        kept = [r for r in rows if int(float(r.split("\t", 1)[0])) <= last_step]
+        tsv.write_text("\n".join([header, *kept]) + "\n")
+
+
 def dvclive_callback(live_dir: str | Path, resume: bool):
     from dvclive import Live
     from transformers.integrations import DVCLiveCallback
@@ -187,6 +196,8 @@ def train(params: Params, train_file: str | Path, adapter_dir: str | Path, ckpt_
     resume = usable_checkpoint(ckpt_dir, fingerprint, warn)
     mark_run(ckpt_dir, fingerprint)
     stop = interrupt_callback()
+    if resume:
+        trim_curves(live_dir, int(resume.name.split("-")[-1]))
     live = dvclive_callback(live_dir, resume=resume is not None)
     trainer = build_trainer(params, model, tok, dataset, ckpt_dir, callbacks=[live, stop])
     if resume:

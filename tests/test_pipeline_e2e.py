@@ -1,16 +1,12 @@
 """End to end: `dvc repro` in a temp copy of the project on a tiny config, with the real embedded model."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from dvc_project import make_project, run, stages_run
+
 TINY = {
     "prepare": {"train_size": 24, "test_size": 8},
     "train": {"trainer": {"epochs": 1, "max_length": 512, "per_device_batch_size": 2, "logging_steps": 1,
@@ -20,38 +16,9 @@ TINY = {
 }
 
 
-def deep_update(d: dict, u: dict) -> dict:
-    for k, v in u.items():
-        d[k] = deep_update(d.get(k, {}), v) if isinstance(v, dict) else v
-    return d
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
-def stages_run(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    proj = tmp_path_factory.mktemp("proj")
-    for item in ("dvc.yaml", "stages", "sqltune", ".dvcignore"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, proj / item)
-    params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (proj / ".gitignore").write_text("__pycache__/\n/models/base/\n/models/checkpoints/\n")
-    run(["git", "init", "-q"], proj)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], proj)
-    run(["dvc", "init", "-q"], proj)
-    run(["git", "add", "-A"], proj)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "project"], proj)
+    proj = make_project(tmp_path_factory.mktemp("proj"), TINY)
     out = run(["dvc", "repro"], proj)
     assert stages_run(out) == ["prepare", "train", "evaluate", "merge"]
     return proj
