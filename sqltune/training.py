@@ -64,12 +64,20 @@ def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype, **overr
     )
 
 
+def code_files() -> list[Path]:
+    """The sqltune modules this process runs: the train stage's code deps."""
+    return sorted(Path(m.__file__) for name, m in list(sys.modules.items())
+                  if name.split(".")[0] == "sqltune" and getattr(m, "__file__", None))
+
+
 def run_fingerprint(params: Params, train_file: str | Path) -> str:
-    """What a checkpoint depends on. Resuming with other params or data would silently mix runs."""
+    """What a checkpoint depends on: params, data and code. DVC reruns train only when one of them
+    changed or the last run did not finish; only the latter may resume, else runs would mix."""
     h = hashlib.sha256()
     h.update(json.dumps({"seed": params.seed, "model": params.model.model_dump(),
                          "train": params.train.model_dump()}, sort_keys=True).encode())
-    h.update(Path(train_file).read_bytes())
+    for f in [Path(train_file), *code_files()]:
+        h.update(f.read_bytes())
     return h.hexdigest()
 
 

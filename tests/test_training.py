@@ -82,3 +82,25 @@ def test_packed_batch_loss_equals_one_by_one(tiny_model_dir):
     seg = per_token_loss(leaky.logits, packed["labels"])[len(samples[0]):len(samples[0]) + len(samples[1]) - 1]
     alone = per_token_loss(model(input_ids=torch.tensor([samples[1]])).logits, torch.tensor([examples[1]["labels"]]))
     assert not torch.allclose(seg[3:].mean(), alone[3:].mean(), rtol=1e-4)
+
+
+def test_fingerprint_covers_params_data_and_code(tmp_path, monkeypatch):
+    import yaml
+
+    from sqltune import training
+    from sqltune.config import parse_params
+
+    params = parse_params(yaml.safe_load(open(training.Path(__file__).parents[1] / "params.yaml")))
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"a": 1}\n')
+    fp = training.run_fingerprint(params, data)
+    assert fp == training.run_fingerprint(params, data)
+    assert fp != training.run_fingerprint(params.model_copy(update={"seed": 7}), data)
+    data.write_text('{"a": 2}\n')
+    assert fp != training.run_fingerprint(params, data)
+    data.write_text('{"a": 1}\n')
+    assert any(f.name == "training.py" for f in training.code_files())
+    fake = tmp_path / "training.py"
+    fake.write_text("# edited")
+    monkeypatch.setattr(training, "code_files", lambda: [fake])
+    assert fp != training.run_fingerprint(params, data)
