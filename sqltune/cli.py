@@ -10,10 +10,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
+from sqltune import io
 from sqltune.errors import SqltuneError, run_main
 
 
@@ -21,53 +21,16 @@ from sqltune.errors import SqltuneError, run_main
 
 
 def read_jsonl(path: str | os.PathLike, required: tuple[str, ...], what: str) -> list[dict]:
-    """Rows of a JSONL file; blank lines are skipped. Errors name file and line."""
-    p = Path(path)
-    if not p.is_file():
-        raise SqltuneError(f"{what} file {p} does not exist; check the path")
-    rows: list[dict] = []
-    try:
-        with p.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise SqltuneError(
-                        f"{p} line {lineno}: invalid JSON ({exc.msg}); each line must be one JSON object"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise SqltuneError(f"{p} line {lineno}: expected a JSON object, got {type(row).__name__}")
-                missing = [k for k in required if k not in row]
-                if missing:
-                    raise SqltuneError(
-                        f"{p} line {lineno}: missing key(s) {', '.join(repr(k) for k in missing)}; "
-                        f"each {what} row needs {', '.join(required)}"
-                    )
-                rows.append(row)
-    except UnicodeDecodeError:
-        raise SqltuneError(f"{p} is not UTF-8 text; save it as UTF-8 JSONL") from None
+    """Rows of a JSONL file (sqltune.io names a bad line), each checked for the ``required`` keys."""
+    rows = io.read_jsonl(path)
+    for lineno, row in enumerate(rows, 1):
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise SqltuneError(
+                f"{path} row {lineno}: missing key(s) {', '.join(repr(k) for k in missing)}; "
+                f"each {what} row needs {', '.join(required)}"
+            )
     return rows
-
-
-def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Write JSONL to a temp file next to ``path`` then rename it into place."""
-    p = Path(path)
-    if not p.parent.is_dir():
-        raise SqltuneError(f"output folder {p.parent} does not exist; create it or change --out")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # -------------------------------------------------------------------------- score
@@ -112,12 +75,74 @@ def _run_score(args: argparse.Namespace) -> int:
         db_dir=args.db_dir,
     )
     if args.out:
-        write_jsonl_atomic(args.out, per_example)
+        io.write_jsonl(args.out, per_example)  # atomic: no partial file on failure
     try:
         print(json.dumps(summary, indent=2))
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. piped into `head`: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+# ------------------------------------------------------------------ predict / ask
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("question", help="the question, in natural language")
+    p.add_argument("--model", default="models/merged", help="merged model folder (default models/merged)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+
+
+def _add_predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--schema", required=True, help='CREATE TABLE statements, e.g. "CREATE TABLE t (a INTEGER)"')
+    _add_model_args(p)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from sqltune.ask import load_model_dir, predict_sql
+    from sqltune.sql import schema_tables
+
+    schema_tables(args.schema)  # a schema that is not DDL fails here, with its own message
+    model, tok, prompt = load_model_dir(args.model)
+    print(predict_sql(model, tok, prompt, args.schema, args.question, args.max_new_tokens))
+    return 0
+
+
+def _add_ask_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", required=True, help="SQLite file; opened read-only")
+    _add_model_args(p)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds the query may run (default 5)")
+    p.add_argument("--max-rows", type=int, default=1000, help="refuse results longer than this (default 1000)")
+
+
+def _run_ask(args: argparse.Namespace) -> int:
+    from sqltune.ask import format_table, load_model_dir, open_read_only, predict_sql, run_read_only, schema_of
+
+    conn = open_read_only(args.db)
+    try:
+        schema = schema_of(conn)
+        model, tok, prompt = load_model_dir(args.model)
+        sql = predict_sql(model, tok, prompt, schema, args.question, args.max_new_tokens)
+        print(f"SQL: {sql}")
+        names, rows = run_read_only(conn, sql, args.timeout, args.max_rows)
+        print(format_table(names, rows))
+    finally:
+        conn.close()
+    return 0
+
+
+# ------------------------------------------------------------------------- upload
+def _add_upload_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", help="hub repo name or user/name (default HF_USERNAME/sqltune-merged)")
+    p.add_argument("--merged", default="models/merged", help="merged model folder")
+    p.add_argument("--adapter", default="models/adapter", help="adapter folder (with --skip-merge)")
+    p.add_argument("--skip-merge", action="store_true", help="push the LoRA adapter only, merge nothing")
+    p.add_argument("--skip-upload", action="store_true", help="merge (dvc repro merge) and stop")
+    p.add_argument("--private", action="store_true", help="create the hub repo as private")
+
+
+def _run_upload(args: argparse.Namespace) -> int:
+    from sqltune.upload import upload
+
+    upload(args.repo, Path(args.merged), Path(args.adapter), args.skip_merge, args.skip_upload, args.private)
     return 0
 
 
@@ -127,6 +152,9 @@ Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Na
 
 COMMANDS: dict[str, Command] = {
     "score": (_add_score_args, _run_score, "score predictions against gold SQL (exact + execution match)"),
+    "predict": (_add_predict_args, _run_predict, "print the SQL a model writes for a question over a schema"),
+    "ask": (_add_ask_args, _run_ask, "answer a question from a SQLite database, read-only"),
+    "upload": (_add_upload_args, _run_upload, "merge and push the model (or the adapter) to the Hugging Face Hub"),
 }
 
 

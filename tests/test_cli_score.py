@@ -96,7 +96,7 @@ def _assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None
 def test_error_missing_file(files):
     tmp, data, _ = files
     proc = run_cli("score", "--data", str(data), "--predictions", str(tmp / "nope.jsonl"))
-    _assert_user_error(proc, "nope.jsonl", "does not exist")
+    _assert_user_error(proc, "nope.jsonl", "not found")
 
 
 def test_error_count_mismatch(files):
@@ -110,7 +110,7 @@ def test_error_invalid_json_names_line(files):
     tmp, data, _ = files
     preds = write_jsonl(tmp / "bad.jsonl", [{"prediction": "SELECT 1"}, "{not json", {"prediction": "x"}])
     proc = run_cli("score", "--data", str(data), "--predictions", str(preds))
-    _assert_user_error(proc, "bad.jsonl line 2", "invalid JSON")
+    _assert_user_error(proc, "bad.jsonl, line 2", "invalid JSON")
 
 
 def test_error_missing_key_names_line(files):
@@ -118,14 +118,14 @@ def test_error_missing_key_names_line(files):
     rows = [dict(DATA[0]), {k: v for k, v in DATA[1].items() if k != "answer"}, dict(DATA[2])]
     data = write_jsonl(tmp / "nokey.jsonl", rows)
     proc = run_cli("score", "--data", str(data), "--predictions", str(preds))
-    _assert_user_error(proc, "nokey.jsonl line 2", "'answer'")
+    _assert_user_error(proc, "nokey.jsonl row 2", "'answer'")
 
 
 def test_error_missing_prediction_key(files):
     tmp, data, _ = files
     preds = write_jsonl(tmp / "p.jsonl", [{"prediction": "SELECT 1"}, {"pred": "x"}, {"prediction": "x"}])
     proc = run_cli("score", "--data", str(data), "--predictions", str(preds))
-    _assert_user_error(proc, "p.jsonl line 2", "'prediction'")
+    _assert_user_error(proc, "p.jsonl row 2", "'prediction'")
 
 
 def test_error_bad_context(files):

@@ -1,0 +1,104 @@
+"""`sqltune upload`, tested up to the network boundary: huggingface_hub's HfApi is replaced by a
+recorder; everything before it (credentials, plan, card, errors, token hygiene) is real."""
+
+import json
+
+import pytest
+
+from sqltune import upload as up
+from sqltune.errors import SqltuneError
+
+TOKEN = "hf_sqltuneUPLOADsecret987654321"
+
+
+class FakeApi:
+    calls: list = []
+    fail: Exception | None = None
+
+    def __init__(self, token=None):
+        FakeApi.calls.append(("init", token))
+
+    def create_repo(self, repo_id, private, exist_ok):
+        if FakeApi.fail:
+            raise FakeApi.fail
+        FakeApi.calls.append(("create_repo", repo_id, private))
+
+    def upload_folder(self, folder_path, repo_id, commit_message, ignore_patterns):
+        FakeApi.calls.append(("upload_folder", folder_path, repo_id, tuple(ignore_patterns)))
+
+    def upload_file(self, path_or_fileobj, path_in_repo, repo_id, commit_message):
+        FakeApi.calls.append(("upload_file", path_in_repo, path_or_fileobj.decode()))
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(up, "merge_with_dvc", lambda: FakeApi.calls.append(("merge",)))
+    FakeApi.calls, FakeApi.fail = [], None
+    for name in ("merged", "adapter"):
+        (tmp_path / "models" / name).mkdir(parents=True)
+        (tmp_path / "models" / name / "model.safetensors").write_bytes(b"x" * 1024)
+    (tmp_path / "models/merged/README.md").write_text("# card\n")
+    (tmp_path / "metrics/eval").mkdir(parents=True)
+    (tmp_path / "metrics/eval/metrics.json").write_text(json.dumps(
+        {"finetuned": {"execution_accuracy": 0.5, "exact_match": 0.4, "n": 10}}))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_USERNAME", raising=False)
+    return tmp_path
+
+
+def run(workspace, **kw):
+    out = []
+    args = dict(repo=None, merged=workspace / "models/merged", adapter=workspace / "models/adapter",
+                skip_merge=False, skip_upload=False, private=False)
+    args.update(kw)
+    up.upload(**args, say=out.append)
+    return "\n".join(out)
+
+
+def test_merge_then_push_with_plan_and_card(workspace):
+    (workspace / ".env").write_text(f"HF_TOKEN={TOKEN}\nHF_USERNAME=ada\n")
+    out = run(workspace, private=True)
+    assert "will push" in out and "ada/sqltune-merged (private)" in out and "model.safetensors" in out
+    assert TOKEN not in out
+    names = [c[0] for c in FakeApi.calls]
+    assert names == ["merge", "init", "create_repo", "upload_folder", "upload_file"]
+    assert FakeApi.calls[1] == ("init", TOKEN) and FakeApi.calls[2] == ("create_repo", "ada/sqltune-merged", True)
+    card = FakeApi.calls[-1][2]
+    assert card.startswith("# card") and "| finetuned | 0.5 | 0.4 | 10 |" in card
+
+
+def test_skip_merge_pushes_the_adapter(workspace, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_USERNAME", "ada")
+    run(workspace, skip_merge=True, repo="org/my-sql")
+    assert ("merge",) not in FakeApi.calls
+    assert FakeApi.calls[1] == ("create_repo", "org/my-sql", False)
+    assert FakeApi.calls[2][1].endswith("models/adapter")
+
+
+def test_skip_upload_only_merges(workspace):
+    out = run(workspace, skip_upload=True)
+    assert FakeApi.calls == [("merge",)] and "not uploaded" in out
+
+
+def test_no_token_is_one_clear_line(workspace):
+    with pytest.raises(SqltuneError, match="HF_TOKEN and HF_USERNAME not set"):
+        run(workspace)
+
+
+def test_offline_failure_is_clear_and_hides_the_token(workspace, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_USERNAME", "ada")
+    FakeApi.fail = OSError(f"could not connect (token {TOKEN})")
+    with pytest.raises(SqltuneError) as exc:
+        run(workspace)
+    assert "upload to ada/sqltune-merged failed" in str(exc.value) and TOKEN not in str(exc.value)
+
+
+def test_both_skips_is_an_error(workspace):
+    with pytest.raises(SqltuneError, match="nothing to do"):
+        run(workspace, skip_merge=True, skip_upload=True)
