@@ -13,12 +13,13 @@ from pathlib import Path
 from sqltune.config import DEFAULT_SYSTEM_PROMPT
 from sqltune.errors import SqltuneError
 
-PROMPT_FILE = "sqltune.json"  # written by the merge stage beside the merged weights
 
 
 def load_model_dir(model_dir: str | Path):
     """Model, tokenizer and the system prompt it was trained with."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sqltune.merging import PROMPT_FILE
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sqltune.config import Params
 from sqltune.modeling import attach_adapter, load_base_for_inference
 from sqltune.generation import generate
 from sqltune.io import atomic_path, read_jsonl
+
+PROMPT_FILE = "sqltune.json"  # the system prompt the model was trained with, for predict/ask
+
+
+def model_card(params: Params) -> str:
+    """README.md of the merged model. Eval metrics are added at upload time (sqltune upload): the
+    merge stage must not depend on them, or changing an evaluate param would rerun the merge."""
+    import yaml
+
+    p = params.prepare
+    return (
+        f"---\nbase_model: {params.model.name}\nlibrary_name: transformers\ntags: [text-to-sql, sqltune, lora]\n---\n"
+        f"# {params.model.name}, fine-tuned for text-to-SQL with sqltune\n\n"
+        f"- **Base model:** {params.model.name}\n"
+        f"- **Data:** {p.dataset} ({p.train_size} train / {p.test_size} test rows, {p.split} split, seed {params.seed})\n"
+        f"- **Adapter merged into** full-precision weights; prompt format in `{PROMPT_FILE}`.\n\n"
+        f"## Training params\n\n```yaml\n{yaml.safe_dump(params.train.model_dump(), sort_keys=False)}```\n"
+    )
 
 
 def merge(params: Params, adapter_dir: str | Path, out_dir: str | Path, base_cache: str | Path,
@@ -28,6 +47,8 @@ def merge(params: Params, adapter_dir: str | Path, out_dir: str | Path, base_cac
     with atomic_path(out_dir) as tmp:
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        (tmp / "README.md").write_text(model_card(params))
+        (tmp / PROMPT_FILE).write_text(json.dumps({"system_prompt": params.prepare.system_prompt}))
     same = sum(a == b for a, b in zip(before, after))
     return {"parity": same / len(prompts) if prompts else None, "parity_samples": len(prompts),
             "dtype": str(merged.dtype).removeprefix("torch.")}

@@ -27,7 +27,7 @@ def project(tmp_path_factory) -> Path:
 def test_outputs(project):
     for f in ("data/prepared/train.jsonl", "data/prepared/test.jsonl", "models/adapter/adapter_model.safetensors",
               "models/merged/config.json", "models/merged/chat_template.jinja", "dvc.lock",
-              "metrics/predictions.jsonl"):
+              "metrics/predictions.jsonl", "models/merged/README.md", "models/merged/sqltune.json"):
         assert (project / f).is_file(), f
     ev = json.loads((project / "metrics/eval/metrics.json").read_text())
     for model in ("base", "finetuned"):
