@@ -27,7 +27,7 @@ def predict_and_score(model, tok, rows: list[dict], params: Params) -> tuple[dic
 
 
 def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, base_cache: str | Path):
-    """Return {"base": (summary, per_example)?, "finetuned": (summary, per_example), "_rows": test rows}."""
+    """Return the scored test rows and {"base": (summary, per_example)?, "finetuned": (summary, per_example)}."""
     rows = read_jsonl(test_file)[: params.evaluate.limit]
     model, tok = load_base_for_inference(params, base_cache)
     results = {}
@@ -35,5 +35,4 @@ def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, bas
         results["base"] = predict_and_score(model, tok, rows, params)
     model = attach_adapter(model, adapter_dir)
     results["finetuned"] = predict_and_score(model, tok, rows, params)
-    results["_rows"] = rows
-    return results
+    return rows, results

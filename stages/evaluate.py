@@ -24,8 +24,7 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    results = evaluate(params, args.data, args.adapter, args.base_cache)
-    test_rows = results.pop("_rows")
+    test_rows, results = evaluate(params, args.data, args.adapter, args.base_cache)
     # Question and gold beside each verdict, so a user sees where exact match and execution disagree.
     per_example = [
         {"model": name, "question": src["question"], "gold": src["answer"], **row}

@@ -25,22 +25,12 @@ def _load():
 ROWS = _load()
 
 
+FEATURE_NODES = {"join": exp.Join, "group": exp.Group, "having": exp.Having, "order": exp.Order,
+                 "limit": exp.Limit, "agg": exp.AggFunc, "where": exp.Where}
+
+
 def _features(tree):
-    feats = set()
-    if tree.find(exp.Join):
-        feats.add("join")
-    if tree.find(exp.Group):
-        feats.add("group")
-    if tree.find(exp.Having):
-        feats.add("having")
-    if tree.find(exp.Order):
-        feats.add("order")
-    if tree.find(exp.Limit):
-        feats.add("limit")
-    if tree.find(exp.AggFunc):
-        feats.add("agg")
-    if tree.find(exp.Where):
-        feats.add("where")
+    feats = {name for name, node in FEATURE_NODES.items() if tree.find(node)}
     if any(s.find_ancestor(exp.Select) is not None for s in tree.find_all(exp.Select)):
         feats.add("nested")
     return feats
