@@ -30,12 +30,13 @@ def load_model_dir(model_dir: str | Path):
 
 
 def predict_sql(model, tok, system_prompt: str, schema: str, question: str, max_new_tokens: int = 128) -> str:
+    from sqltune.config import EvaluateParams
     from sqltune.data import to_messages
     from sqltune.generation import generate
     from sqltune.sql import extract_sql
 
     prompt = to_messages({"context": schema, "question": question, "answer": ""}, system_prompt)["prompt"]
-    return extract_sql(generate(model, tok, [prompt], max_new_tokens, batch_size=1)[0])
+    return extract_sql(generate(model, tok, [prompt], EvaluateParams(max_new_tokens=max_new_tokens))[0])
 
 
 def open_read_only(db: str | Path) -> sqlite3.Connection:

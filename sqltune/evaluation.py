@@ -12,10 +12,19 @@ from sqltune.modeling import attach_adapter, load_base_for_inference
 from sqltune.scoring import score_rows
 
 
+def to_eval_dtype(model, dtype: str):
+    """evaluate.dtype; `auto` keeps the loader's choice (bf16 on CUDA, fp32 on CPU)."""
+    if dtype == "auto":
+        return model
+    import torch
+
+    return model.to(getattr(torch, dtype))
+
+
 def predict_and_score(model, tok, rows: list[dict], params: Params) -> tuple[dict, list[dict]]:
     e = params.evaluate
     t0 = time.perf_counter()
-    preds = generate(model, tok, [r["prompt"] for r in rows], e.max_new_tokens, e.batch_size)
+    preds = generate(model, tok, [r["prompt"] for r in rows], e)
     gen_s = time.perf_counter() - t0
     summary, per_example = score_rows(
         rows, preds, n_databases=e.n_databases, seed=params.seed,
@@ -30,9 +39,12 @@ def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, bas
     """Return the scored test rows and {"base": (summary, per_example)?, "finetuned": (summary, per_example)}."""
     rows = read_jsonl(test_file)[: params.evaluate.limit]
     model, tok = load_base_for_inference(params, base_cache)
+    model = to_eval_dtype(model, params.evaluate.dtype)
     results = {}
     if params.evaluate.score_base:
         results["base"] = predict_and_score(model, tok, rows, params)
+    # Merged in memory: the same weights the merge stage ships, and no LoRA matmuls per token
+    # (tests/test_generation.py checks that greedy output equals the unmerged adapter's).
     model = attach_adapter(model, adapter_dir)
     results["finetuned"] = predict_and_score(model, tok, rows, params)
     return rows, results

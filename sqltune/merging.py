@@ -40,10 +40,11 @@ def merge(params: Params, adapter_dir: str | Path, out_dir: str | Path, base_cac
         base = base.to(getattr(torch, params.merge.dtype))
     peft_model = attach_adapter(base, adapter_dir, merge=False)
     prompts = [r["prompt"] for r in read_jsonl(test_file)[: params.merge.parity_samples]]
-    max_new, bs = params.evaluate.max_new_tokens, params.evaluate.batch_size
-    before = generate(peft_model, tok, prompts, max_new, bs) if prompts else []
+    # Evaluate's batching, but always the plain dynamic cache: parity is about weights, not speed.
+    gen = params.evaluate.model_copy(update={"cache": "dynamic", "compile": False})
+    before = generate(peft_model, tok, prompts, gen)
     merged = peft_model.merge_and_unload()
-    after = generate(merged, tok, prompts, max_new, bs) if prompts else []
+    after = generate(merged, tok, prompts, gen)
     with atomic_path(out_dir) as tmp:
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)

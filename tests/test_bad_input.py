@@ -54,7 +54,7 @@ def expect_clean_failure(proc, tmp: Path, *needles: str, outputs=("data", "metri
 
 PARAMS_CASES = {
     "unknown key at depth": ({"train.lora.rank": 8}, ["train.lora.rank: unknown key"]),
-    "wrong type": ({"evaluate.batch_size": "sixteen"}, ["evaluate.batch_size"]),
+    "wrong type": ({"evaluate.batch_tokens": "sixteen"}, ["evaluate.batch_tokens", "number of tokens or 'auto'"]),
     "negative lr": ({"train.trainer.learning_rate": -0.1}, ["train.trainer.learning_rate", "greater than 0"]),
     "lora r of 0": ({"train.lora.r": 0}, ["train.lora.r", "greater than 0"]),
     "test size larger than the data": ({"prepare.test_size": 500}, ["exceeds the 20 usable rows", "lower them"]),

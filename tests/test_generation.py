@@ -1,19 +1,86 @@
-from sqltune.generation import generate
+import pytest
+
+from sqltune.config import EvaluateParams
+from sqltune.generation import bytes_per_token, generate, generate_ids, plan_batches, token_budget
+
+QUESTIONS = ["How many?", "List every name of every singer older than forty, please.", "Max age?",
+             "Which concerts took place in 2014 or later, sorted by year?", "Count rows."]
+PROMPTS = [[{"role": "system", "content": "CREATE TABLE singer (name VARCHAR, age INTEGER)"},
+            {"role": "user", "content": q}] for q in QUESTIONS]
 
 
-def test_batched_equals_unbatched_greedy(tiny_model_dir):
-    """Left padding and length bucketing must not change greedy answers."""
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    questions = ["How many?", "List every name of every singer older than forty, please.", "Max age?",
-                 "Which concerts took place in 2014 or later, sorted by year?", "Count rows."]
-    prompts = [[{"role": "system", "content": "CREATE TABLE singer (name VARCHAR, age INTEGER)"},
-                {"role": "user", "content": q}] for q in questions]
-    one_by_one = generate(model, tok, prompts, max_new_tokens=12, batch_size=1)
-    batched = generate(model, tok, prompts, max_new_tokens=12, batch_size=4)
-    assert batched == one_by_one
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def settings(**kw) -> EvaluateParams:
+    return EvaluateParams(max_new_tokens=12, **kw)
+
+
+def test_budget_sets_the_batch_sizes():
+    # Longest first; each batch is as many rows as fit at its first (longest) row's length + new tokens.
+    lengths = [10, 50, 30, 30, 20, 40]
+    assert plan_batches(lengths, 10, 100, 8) == [[1], [5, 2], [3, 4], [0]]
+    assert plan_batches(lengths, 10, 120, 8) == [[1, 5], [2, 3, 4], [0]]
+    assert plan_batches(lengths, 10, 120, 2) == [[1, 5], [2, 3], [4, 0]]  # max_batch_size caps
+    assert plan_batches(lengths, 10, 10, 8) == [[i] for i in (1, 5, 2, 3, 4, 0)]  # never below one row
+    assert plan_batches(lengths, 10, 250, 8, row_tokens=60) == [[1, 5, 2, 3], [4, 0]]  # static: one shape
+
+
+def test_budget_auto_on_cpu_and_explicit(tiny):
+    model, _ = tiny
+    assert token_budget(model, "auto") == 4096 and token_budget(model, 777) == 777
+    # 2 layers x 2 KV heads x 16 dims x K and V, plus one layer's prefill activations, in fp32
+    assert bytes_per_token(model.config, 4) == (2 * 2 * 2 * 16 + 4 * 64 + 3 * 128) * 4
+
+
+def test_batched_equals_unbatched_greedy(tiny):
+    """Left padding and token-budget batching must not change greedy answers."""
+    model, tok = tiny
+    one_by_one = generate(model, tok, PROMPTS, settings(max_batch_size=1))
     assert all(one_by_one) and len(set(one_by_one)) > 1  # real, prompt-dependent outputs
+    lengths = [len(x) for x in tok([tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+                                    for p in PROMPTS], add_special_tokens=False)["input_ids"]]
+    sizes = set()
+    for budget in (60, 150, 200, 10_000):  # from one row per batch to all rows in one
+        sizes |= {len(b) for b in plan_batches(lengths, 12, budget, 256)}
+        assert generate(model, tok, PROMPTS, settings(batch_tokens=budget)) == one_by_one, budget
+    assert sizes >= {1, 2, 5}, sizes  # the budgets really produced different batch sizes
+    # A static cache (one shape for every batch, the last one padded with repeats) gives the same.
+    assert generate(model, tok, PROMPTS, settings(batch_tokens=150, cache="static")) == one_by_one
+
+
+def test_each_sequence_stops_at_its_eos(tiny):
+    model, tok = tiny
+    eos = model.generation_config.eos_token_id
+    out = generate_ids(model, tok, PROMPTS, settings(batch_tokens=10_000))
+    for ids in out:
+        assert eos not in ids[:-1] and 0 < len(ids) <= 12
+    assert generate_ids(model, tok, [], settings()) == []
+
+
+def test_merged_in_memory_equals_the_unmerged_adapter(tiny):
+    """The evaluate stage merges the LoRA into the base weights in memory; greedy output must equal
+    the adapter applied on the fly (PeftModel), for a random adapter that really changes outputs."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny
+    s = settings(batch_tokens=150)
+    base_out = generate(model, tok, PROMPTS, s)
+    torch.manual_seed(1)
+    # init_lora_weights=False: random A and B, so the adapter is not the identity.
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
+                                                                 init_lora_weights=False))
+    unmerged = generate(peft_model, tok, PROMPTS, s)
+    merged = generate(peft_model.merge_and_unload(), tok, PROMPTS, s)
+    assert merged == unmerged
+    assert sum(a != b for a, b in zip(unmerged, base_out)) >= 3  # the adapter changes most answers

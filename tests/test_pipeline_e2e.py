@@ -11,7 +11,7 @@ TINY = {
     "prepare": {"train_size": 24, "test_size": 8},
     "train": {"trainer": {"epochs": 1, "max_length": 512, "per_device_batch_size": 2, "logging_steps": 1,
                           "save_steps": 4}},
-    "evaluate": {"max_new_tokens": 24, "batch_size": 8, "n_databases": 2},
+    "evaluate": {"max_new_tokens": 24, "batch_tokens": 2048, "n_databases": 2},
     "merge": {"parity_samples": 4},
 }
 
