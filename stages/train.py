@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from sqltune.config import load_params  # noqa: E402
 from sqltune.errors import run_main  # noqa: E402
+from sqltune.launch import launch_if_asked  # noqa: E402
 from sqltune.runtime import keep_freed_memory  # noqa: E402
 from sqltune.training import train  # noqa: E402
 
@@ -23,11 +24,15 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
+    # train.launcher asks for several processes: this process becomes `accelerate launch` of this script
+    launch_if_asked(params.train, Path(__file__).resolve(), sys.argv[1:])
     keep_freed_memory()
     warn = lambda msg: print(f"train: {msg}", file=sys.stderr)  # noqa: E731
     summary = train(params, args.data, args.adapter, args.checkpoints, args.live, args.base_cache, warn)
-    print(f"train: done at step {summary['global_step']}, loss {summary.get('train_loss', float('nan')):.4f}, "
-          f"{summary.get('train_runtime', 0):.0f}s")
+    if summary["main_process"]:
+        print(f"train: done at step {summary['global_step']} on {summary['world_size']} process(es), "
+              f"{summary['train_sequences']} training sequences, loss {summary.get('train_loss', float('nan')):.4f}, "
+              f"{summary.get('train_runtime', 0):.0f}s")
 
 
 if __name__ == "__main__":
