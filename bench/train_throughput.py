@@ -65,12 +65,28 @@ def count_params(config) -> int:
         return sum(p.numel() for p in LlamaForCausalLM(config).parameters())
 
 
-def apply_overrides(data: dict, spec: str) -> dict:
+# Setup-only switches that are not params: `kbit_prepare` runs PEFT's prepare_model_for_kbit_training
+# as older QLoRA recipes do (it upcasts the embedding, norms and head to fp32), to measure its cost.
+BENCH_KEYS = ("kbit_prepare",)
+
+
+def apply_overrides(data: dict, spec: str) -> tuple[dict, dict]:
+    extra = {}
     for item in filter(None, spec.split(",")):
         key, value = item.split("=", 1)
-        section = data["train"]["trainer"] if key in data["train"]["trainer"] else data["train"]["lora"]
-        section[key] = json.loads(value) if value not in ("true", "false") else value == "true"
-    return data
+        value = value == "true" if value in ("true", "false") else json.loads(value) if value[:1] in "0123456789-[{" else value
+        if key in BENCH_KEYS:
+            extra[key] = value
+            continue
+        from sqltune.config import LoraParams, ModelParams, TrainerParams
+
+        sections = ((data["train"]["trainer"], TrainerParams), (data["train"]["lora"], LoraParams),
+                    (data["model"], ModelParams))
+        section = next((s for s, cls in sections if key in cls.model_fields), None)
+        if section is None:
+            raise SystemExit(f"--setup: unknown key {key!r}")
+        section[key] = value
+    return data, extra
 
 
 class TokenCounter:
@@ -86,7 +102,7 @@ class TokenCounter:
         return batch
 
 
-def run_setup(name, params, model_dir, tok, rows, steps, warmup):
+def run_setup(name, params, model_dir, tok, rows, steps, warmup, extra=None, profile=False, **overrides):
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -100,6 +116,10 @@ def run_setup(name, params, model_dir, tok, rows, steps, warmup):
         torch.cuda.reset_peak_memory_stats()
     tp = params.train.trainer
     model = load_model(ResolvedModel(str(model_dir), "local"), params.model, params.train.quantization, tp.precision)
+    if (extra or {}).get("kbit_prepare"):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(tp.gradient_checkpointing))
     data = Dataset.from_list([to_messages(r, params.prepare.system_prompt) for r in rows])
     marks = {}
 
@@ -112,9 +132,15 @@ def run_setup(name, params, model_dir, tok, rows, steps, warmup):
             if state.global_step == warmup + steps:
                 marks["t1"], marks["tok1"] = time.perf_counter(), counter.tokens
                 control.should_training_stop = True
+            if profile and state.global_step == warmup:
+                marks["prof"] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+                marks["prof"].__enter__()
+            if profile and state.global_step == warmup + 2:
+                marks["prof"].__exit__(None, None, None)
+                print(marks.pop("prof").key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
 
     trainer = build_trainer(params, model, tok, data, f"/tmp/bench-{name}", callbacks=[Clock()],
-                            max_steps=warmup + steps)  # < save_steps: no checkpoint is written
+                            max_steps=warmup + steps, **overrides)  # < save_steps: no checkpoint is written
     counter = TokenCounter(trainer.data_collator)
     trainer.data_collator = counter
     trainer.train()
@@ -125,7 +151,7 @@ def run_setup(name, params, model_dir, tok, rows, steps, warmup):
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
         "flop_per_token": (8 if tp.gradient_checkpointing else 6) * n_params,
-        "settings": {**tp.model_dump(), "lora_r": params.train.lora.r,
+        "settings": {**tp.model_dump(), **(extra or {}), "lora_r": params.train.lora.r,
                      "load_in_4bit": params.train.quantization.load_in_4bit,
                      "attn": model.config._attn_implementation},
     }
@@ -141,6 +167,23 @@ def card_name() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
+def write_report(results: list[dict], args) -> str:
+    """Ratios and MFU, written after every setup so a run cut short keeps what it measured."""
+    card = card_name()
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in card), None)
+    base = results[0]["real_tokens_per_s"]
+    for r in results:
+        ok = r["real_tokens_per_s"] is not None and base is not None
+        r["vs_baseline"] = round(r["real_tokens_per_s"] / base, 2) if ok else None
+        r["mfu"] = round(r["real_tokens_per_s"] * r["flop_per_token"] / (peak * 1e12), 4) if ok and peak else None
+    report = {"card": card, "arch": args.arch, "steps": args.steps, "warmup": args.warmup,
+              "tokenizer": "SmolLM2 (token counts approximate the model's own)", "results": results}
+    out = Path(args.out) / f"train_throughput-{args.arch}{args.tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return card
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=sorted(ARCHS), default="llama-3.1-8b")
@@ -152,6 +195,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--model-root", default="/tmp/sqltune-bench-models")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
+    ap.add_argument("--profile", action="append", default=[], help="print a CUDA kernel profile of this setup")
     ap.add_argument("--tokenizer", help="tokenizer folder (default: the embedded model's, from its GGUF)")
     args = ap.parse_args()
 
@@ -174,37 +219,31 @@ def main() -> None:
     for spec in args.setup:
         name, rest = spec.split("=", 1)
         path, _, overrides = rest.partition(":")
-        data = apply_overrides(yaml.safe_load(Path(path).read_text()), overrides)
+        data, extra = apply_overrides(yaml.safe_load(Path(path).read_text()), overrides)
         params = parse_params(data, path)
         try:
-            results.append(run_setup(name, params, model_dir, tok, rows, args.steps, args.warmup))
-        except RuntimeError as exc:  # CUDA out of memory is a result for a memory policy, not a crash
-            if "out of memory" not in str(exc):
-                raise
+            results.append(run_setup(name, params, model_dir, tok, rows, args.steps, args.warmup, extra,
+                                     profile=name in args.profile))
+        except Exception as exc:  # noqa: BLE001 - OOM is a result for a memory policy; any failure of one
+            # setup (a kernel that won't build) is recorded so the other setups' numbers survive
             import gc
+            import traceback
 
             import torch
 
+            traceback.print_exc()
             gc.collect()
             torch.cuda.empty_cache()
-            results.append({"setup": name, "real_tokens_per_s": None, "oom": True})
+            oom = "out of memory" in str(exc)
+            results.append({"setup": name, "real_tokens_per_s": None, "oom": oom,
+                            "error": None if oom else f"{type(exc).__name__}: {str(exc)[:300]}"})
         print(json.dumps(results[-1]), flush=True)
-    card = card_name()
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k in card), None)
-    base = results[0]["real_tokens_per_s"]
-    for r in results:
-        ok = r["real_tokens_per_s"] is not None
-        r["vs_baseline"] = round(r["real_tokens_per_s"] / base, 2) if ok else None
-        r["mfu"] = round(r["real_tokens_per_s"] * r["flop_per_token"] / (peak * 1e12), 4) if ok and peak else None
-    report = {"card": card, "arch": args.arch, "steps": args.steps, "warmup": args.warmup,
-              "tokenizer": "SmolLM2 (token counts approximate the model's own)", "results": results}
-    out = Path(args.out) / f"train_throughput-{args.arch}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(results, args)
+    card = write_report(results, args)
     print(f"\n{card}, {args.arch}\n| setup | real tok/s | x baseline | MFU | peak GiB |\n|---|---|---|---|---|")
     for r in results:
         if r["real_tokens_per_s"] is None:
-            print(f"| {r['setup']} | out of memory | | | |")
+            print(f"| {r['setup']} | {'out of memory' if r['oom'] else 'failed: ' + r['error'][:60]} | | | |")
             continue
         print(f"| {r['setup']} | {r['real_tokens_per_s']:,.0f} | {r['vs_baseline']} | {r['mfu']} | {r['peak_gib']} |")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sqltune.errors import SqltuneError
 
@@ -30,7 +30,9 @@ class ModelParams(_Strict):
     name: str = Field(min_length=1)
     source: Literal["auto", "embedded", "local", "hub"] = "auto"
     revision: Optional[str] = None
-    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    # flex_attention: PyTorch's compiled block-sparse attention; packed samples then cost only
+    # their own blocks, without the flash_attn package.
+    attn_implementation: Literal["auto", "flash_attention_2", "flex_attention", "sdpa", "eager"] = "auto"
 
 
 class PrepareParams(_Strict):
@@ -76,6 +78,12 @@ class TrainerParams(_Strict):
     max_length: int = Field(default=1024, gt=8)
     packing: bool = True
     gradient_checkpointing: bool = False
+    # With checkpointing on, recompute only every n-th decoder layer and keep the others'
+    # activations: spends spare memory on speed (1 = every layer, the least memory).
+    checkpoint_every_n_layers: int = Field(default=1, ge=1)
+    # Liger's Triton kernels for RMSNorm, SwiGLU and RoPE (less memory, fewer launches). auto = on
+    # when CUDA is present and liger_kernel imports. TRL already fuses the LM head and loss.
+    use_liger_kernel: bool | Literal["auto"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     optim: str = "adamw_torch"
     logging_steps: int = Field(default=5, gt=0)
@@ -83,20 +91,68 @@ class TrainerParams(_Strict):
     save_total_limit: int = Field(default=2, gt=0)
 
 
+class LauncherParams(_Strict):
+    # More than one process: the train stage re-execs under `accelerate launch` (sqltune.launch).
+    # auto = one per visible CUDA GPU. The global batch is per_device_batch_size x grad-accum x this.
+    num_processes: int | Literal["auto"] = 1
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: a model copy per GPU; fsdp: sharded (FSDP-QLoRA)
+    fsdp_offload_params: bool = False  # fsdp only: keep sharded weights in CPU RAM
+
+    @field_validator("num_processes", mode="before")
+    @classmethod
+    def _count(cls, v):
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError("must be a number of processes (1 or more) or 'auto'")
+        return v
+
+
 class TrainParams(_Strict):
     quantization: QuantizationParams = QuantizationParams()
     lora: LoraParams
     trainer: TrainerParams
+    launcher: LauncherParams = LauncherParams()
+
+    @model_validator(mode="after")
+    def _fsdp_storage_dtype(self):
+        # FSDP shards flat tensors of one dtype: the 4-bit storage must match the weights' dtype.
+        q, precision = self.quantization, self.trainer.precision
+        match = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[q.compute_dtype]
+        if self.launcher.strategy == "fsdp" and q.load_in_4bit and precision not in ("auto", match):
+            raise ValueError(f"launcher.strategy fsdp with 4-bit needs trainer.precision {match} or auto "
+                             f"(= quantization.compute_dtype {q.compute_dtype}, the storage dtype FSDP shards)")
+        return self
 
 
 class EvaluateParams(_Strict):
     max_new_tokens: int = Field(default=128, gt=0, le=4096)
-    batch_size: int = Field(default=16, gt=0)
+    # Token budget of one generation batch: rows x (longest prompt of the batch + max_new_tokens).
+    # `auto`: from the free GPU memory after loading and the model's KV-cache bytes per token
+    # (sqltune.generation.token_budget); a fixed 4096 on CPU.
+    batch_tokens: int | Literal["auto"] = "auto"
+    max_batch_size: int = Field(default=256, gt=0)  # cap on rows per batch, whatever the budget
+    # static: a fixed-size KV cache, which lets `compile` compile (and CUDA-graph) the decoding step.
+    cache: Literal["dynamic", "static"] = "dynamic"
+    compile: bool = False
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto = bf16 on CUDA, fp32 on CPU
     limit: Optional[int] = Field(default=None, gt=0)
     score_base: bool = True
     n_databases: int = Field(default=8, gt=0, le=100)
     query_timeout_s: float = Field(default=2.0, gt=0)
     db_dir: Optional[str] = None
+
+    @field_validator("batch_tokens", mode="before")
+    @classmethod
+    def _budget(cls, v):
+        # One clear message instead of one per branch of the int | "auto" union.
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise ValueError("must be a positive number of tokens or 'auto'")
+        return v
+
+    @model_validator(mode="after")
+    def _compile_needs_static_cache(self):
+        if self.compile and self.cache != "static":
+            raise ValueError("compile: true needs cache: static (transformers compiles only a fixed-shape cache)")
+        return self
 
 
 class MergeParams(_Strict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,7 +189,9 @@ def load_model(model: ResolvedModel, p: ModelParams, quant: QuantizationParams |
             dtype=weights_dtype(precision),
             attn_implementation=pick_attn(p.attn_implementation),
             quantization_config=qconf,
-            device_map={"": 0} if qconf is not None else None,
+            # 4-bit weights are placed at load time: on this process's own GPU under a multi-process launch
+            # (LOCAL_RANK, from torchrun); FSDP shards them from there.
+            device_map={"": int(os.environ.get("LOCAL_RANK", 0))} if qconf is not None else None,
         )
     except _hub_errors() as exc:
         raise SqltuneError(_unreachable(model, exc)) from None

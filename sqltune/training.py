@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from sqltune.config import LoraParams, Params, TrainerParams
+from sqltune.errors import SqltuneError
 
 # Files a checkpoint must hold to be resumable; a kill during save leaves some missing.
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
@@ -27,6 +28,19 @@ def lora_config(lp: LoraParams):
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+
+def use_liger(setting: bool | str) -> bool:
+    import importlib.util
+
+    import torch
+
+    if setting == "auto":
+        return torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+    if setting and importlib.util.find_spec("liger_kernel") is None:
+        raise SqltuneError("train.trainer.use_liger_kernel is true but liger_kernel is not installed: "
+                           "pip install liger-kernel, or set it to auto")
+    return bool(setting)
 
 
 def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype, **overrides):
@@ -47,6 +61,9 @@ def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype, **overr
         packing=tp.packing,
         completion_only_loss=True,
         gradient_checkpointing=tp.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"every_n_layers": tp.checkpoint_every_n_layers, "use_reentrant": False}
+        if tp.gradient_checkpointing else None,
+        use_liger_kernel=use_liger(tp.use_liger_kernel),
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         optim=tp.optim,
@@ -70,30 +87,31 @@ def code_files() -> list[Path]:
                   if name.split(".")[0] == "sqltune" and getattr(m, "__file__", None))
 
 
-def run_fingerprint(params: Params, train_file: str | Path) -> str:
-    """What a checkpoint depends on: params, data and code. DVC reruns train only when one of them
-    changed or the last run did not finish; only the latter may resume, else runs would mix."""
+def run_fingerprint(params: Params, train_file: str | Path, world_size: int = 1) -> str:
+    """What a checkpoint depends on: params, data, code and the number of processes (the global
+    batch). DVC reruns train only when one of them changed or the last run did not finish; only the
+    latter may resume, else runs would mix."""
     h = hashlib.sha256()
     h.update(json.dumps({"seed": params.seed, "model": params.model.model_dump(),
-                         "train": params.train.model_dump()}, sort_keys=True).encode())
+                         "train": params.train.model_dump(), "world_size": world_size}, sort_keys=True).encode())
     for f in [Path(train_file), *code_files()]:
         h.update(f.read_bytes())
     return h.hexdigest()
 
 
-def usable_checkpoint(ckpt_dir: Path, fingerprint: str, warn=print) -> Path | None:
+def usable_checkpoint(ckpt_dir: Path, fingerprint: str, warn=print, required=CHECKPOINT_FILES) -> Path | None:
     """Newest complete checkpoint of this same run; stale or corrupt ones are skipped or cleared."""
     if not ckpt_dir.is_dir():
         return None
     marker = ckpt_dir / FINGERPRINT
     if not marker.is_file() or json.loads(marker.read_text()).get("fingerprint") != fingerprint:
         if any(ckpt_dir.glob("checkpoint-*")):
-            warn(f"{ckpt_dir}: checkpoints are from other params or data; starting afresh")
+            warn(f"{ckpt_dir}: checkpoints are from other params, data or code; starting afresh")
         shutil.rmtree(ckpt_dir)
         return None
     ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for ckpt in ckpts:
-        missing = [f for f in CHECKPOINT_FILES if not (ckpt / f).is_file()]
+        missing = [f for f in required if not (ckpt / f).is_file()]
         if not missing and _state_readable(ckpt):
             return ckpt
         warn(f"{ckpt} is incomplete or corrupt ({', '.join(missing) or 'trainer_state.json'}); skipping it")
@@ -146,24 +164,37 @@ def interrupt_callback():
     from transformers import TrainerCallback
 
     class SaveOnInterrupt(TrainerCallback):
-        interrupted = False
+        interrupted = False  # stop requested: by this process's Ctrl-C or, launched, by any process's
+        signals = 0
 
         def __init__(self):
             signal.signal(signal.SIGINT, self._handle)
 
         def _handle(self, signum, frame):
-            if self.interrupted:  # a second Ctrl-C means now
+            SaveOnInterrupt.signals += 1
+            if SaveOnInterrupt.signals > 1:  # a second Ctrl-C means now
                 sys.exit(130)
             print("\ninterrupt: saving a checkpoint, then stopping (Ctrl-C again to abort)", file=sys.stderr)
             SaveOnInterrupt.interrupted = True
 
         def on_step_end(self, args, state, control, **kwargs):
+            if args.world_size > 1:  # all processes stop at the same step, or the next collective hangs
+                SaveOnInterrupt.interrupted = _any_process(SaveOnInterrupt.interrupted, args.device)
             if self.interrupted:
                 control.should_save = True
                 control.should_training_stop = True
             return control
 
     return SaveOnInterrupt()
+
+
+def _any_process(flag: bool, device) -> bool:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def build_trainer(params: Params, model, tok, dataset, out_dir: str | Path, callbacks=(), **overrides):
@@ -184,36 +215,70 @@ def build_trainer(params: Params, model, tok, dataset, out_dir: str | Path, call
     )
 
 
+def process_state():
+    """Accelerate's view of this process. Under `accelerate launch` this starts the process group
+    before the model loads (FSDP's rank-0-only loading needs it) with the Trainer's own timeout;
+    alone, it is one process and every barrier below is a no-op."""
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=1800))
+
+
+def save_adapter(trainer, tok, adapter_dir: str | Path) -> None:
+    """Only the main process writes. Under FSDP every process first joins the gather of the full
+    (LoRA) weights from their shards."""
+    from sqltune.io import atomic_path
+
+    acc = trainer.accelerator
+    state_dict = acc.get_state_dict(trainer.model_wrapped) if trainer.is_fsdp_enabled else None
+    if acc.is_main_process:
+        with atomic_path(adapter_dir) as tmp:
+            acc.unwrap_model(trainer.model).save_pretrained(tmp, state_dict=state_dict)
+            tok.save_pretrained(tmp)
+    acc.wait_for_everyone()
+
+
 def train(params: Params, train_file: str | Path, adapter_dir: str | Path, ckpt_dir: str | Path,
           live_dir: str | Path, base_cache: str | Path, warn=print) -> dict:
-    """Fine-tune a LoRA adapter; resume from the newest complete checkpoint of the same run."""
+    """Fine-tune a LoRA adapter; resume from the newest complete checkpoint of the same run.
+    Launched on several processes, each runs this; only the main one writes files."""
     from datasets import Dataset
 
-    from sqltune.errors import SqltuneError
-    from sqltune.io import atomic_path, read_jsonl
+    from sqltune import launch
+    from sqltune.io import read_jsonl
     from sqltune.modeling import load_model, load_tokenizer, resolve_model
 
     tp, ckpt_dir = params.train.trainer, Path(ckpt_dir)
-    resolved = resolve_model(params.model, base_cache)
+    procs = process_state()
+    main = procs.is_main_process
+    say = warn if main else (lambda msg: None)
+    with procs.main_process_first():  # an embedded model is converted once, by the main process
+        resolved = resolve_model(params.model, base_cache)
     tok = load_tokenizer(resolved, params.model.revision)
     model = load_model(resolved, params.model, params.train.quantization, tp.precision)
     rows = read_jsonl(train_file)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 
-    fingerprint = run_fingerprint(params, train_file)
-    resume = usable_checkpoint(ckpt_dir, fingerprint, warn)
-    mark_run(ckpt_dir, fingerprint)
+    fingerprint = run_fingerprint(params, train_file, procs.num_processes)
+    with procs.main_process_first():  # main clears stale checkpoints and marks the run; then all agree on resume
+        resume = usable_checkpoint(ckpt_dir, fingerprint, say, launch.checkpoint_files(CHECKPOINT_FILES))
+        if main:
+            mark_run(ckpt_dir, fingerprint)
     stop = interrupt_callback()
+    callbacks = [stop]
+    if main:
+        if resume:
+            trim_curves(live_dir, int(resume.name.split("-")[-1]))
+        callbacks.insert(0, dvclive_callback(live_dir, resume=resume is not None))
+    trainer = build_trainer(params, model, tok, dataset, ckpt_dir, callbacks=callbacks, **launch.trainer_overrides())
     if resume:
-        trim_curves(live_dir, int(resume.name.split("-")[-1]))
-    live = dvclive_callback(live_dir, resume=resume is not None)
-    trainer = build_trainer(params, model, tok, dataset, ckpt_dir, callbacks=[live, stop])
-    if resume:
-        warn(f"resuming from {resume}")
+        say(f"resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stop.interrupted:
         raise SqltuneError(f"interrupted; a checkpoint is saved in {ckpt_dir}. Run `dvc repro` to resume")
-    with atomic_path(adapter_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    return {"global_step": trainer.state.global_step, **result.metrics}
+    save_adapter(trainer, tok, adapter_dir)
+    return {"global_step": trainer.state.global_step, "world_size": procs.num_processes, "main_process": main,
+            "train_sequences": len(trainer.train_dataset), **result.metrics}

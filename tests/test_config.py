@@ -48,13 +48,13 @@ def test_every_problem_is_listed_in_one_message():
     d = base()
     d["train"]["trainer"]["learning_rate"] = -1
     d["train"]["lora"]["r"] = 0
-    d["evaluate"]["batch_size"] = "sixteen"
+    d["evaluate"]["batch_tokens"] = "sixteen"
     d["prepare"]["typo"] = 1
     with pytest.raises(SqltuneError) as exc:
         parse_params(d, "params.yaml")
     msg = str(exc.value)
     assert msg.startswith("params.yaml has 4 problems")
-    for path in ("train.trainer.learning_rate", "train.lora.r", "evaluate.batch_size", "prepare.typo"):
+    for path in ("train.trainer.learning_rate", "train.lora.r", "evaluate.batch_tokens", "prepare.typo"):
         assert path in msg
 
 
@@ -83,3 +83,31 @@ def test_invalid_yaml_names_the_line(tmp_path):
 def test_missing_params_file(tmp_path):
     with pytest.raises(SqltuneError, match="not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+
+def test_partial_checkpointing_needs_a_positive_layer_stride():
+    d = base()
+    d["train"]["trainer"]["checkpoint_every_n_layers"] = 0
+    with pytest.raises(SqltuneError, match=r"train\.trainer\.checkpoint_every_n_layers"):
+        parse_params(d)
+
+
+@pytest.mark.parametrize("value", ["sixteen", 0, -4, True, 1.5])
+def test_eval_batch_budget_is_tokens_or_auto(value):
+    d = base()
+    d["evaluate"]["batch_tokens"] = value
+    with pytest.raises(SqltuneError, match=r"evaluate\.batch_tokens: .*a positive number of tokens or 'auto'"):
+        parse_params(d)
+    for ok in ("auto", 8192):
+        d["evaluate"]["batch_tokens"] = ok
+        assert parse_params(d).evaluate.batch_tokens == ok
+
+
+def test_eval_compile_needs_a_static_cache():
+    d = base()
+    d["evaluate"].update(compile=True, cache="dynamic")
+    with pytest.raises(SqltuneError, match="compile: true needs cache: static"):
+        parse_params(d)
+    d["evaluate"]["cache"] = "static"
+    assert parse_params(d).evaluate.compile

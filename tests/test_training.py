@@ -1,3 +1,4 @@
+from pathlib import Path
 import json
 
 import pytest
@@ -37,7 +38,7 @@ def test_checkpoints_of_other_params_are_cleared(tmp_path):
     make_ckpt(tmp_path, 10)
     warnings = []
     assert usable_checkpoint(tmp_path, "new", warnings.append) is None
-    assert not tmp_path.exists() and "other params or data" in warnings[0]
+    assert not tmp_path.exists() and "other params, data or code" in warnings[0]
 
 
 def test_packed_batch_loss_equals_one_by_one(tiny_model_dir):
@@ -104,3 +105,46 @@ def test_fingerprint_covers_params_data_and_code(tmp_path, monkeypatch):
     fake.write_text("# edited")
     monkeypatch.setattr(training, "code_files", lambda: [fake])
     assert fp != training.run_fingerprint(params, data)
+
+
+def test_trainer_levers_reach_the_sft_config(tmp_path, monkeypatch):
+    """Partial checkpointing reaches the trainer; Liger is off where it can't run (no CUDA here)."""
+    import importlib.util
+
+    from sqltune.config import TrainerParams
+    from sqltune.errors import SqltuneError
+    from sqltune.training import sft_config
+
+    tp = TrainerParams(epochs=1, learning_rate=1e-3, per_device_batch_size=1, gradient_checkpointing=True,
+                       checkpoint_every_n_layers=2)
+    cfg = sft_config(tp, tmp_path, 0, None)
+    assert cfg.gradient_checkpointing and cfg.gradient_checkpointing_kwargs["every_n_layers"] == 2
+    assert cfg.use_liger_kernel is False  # auto, no CUDA
+    off = sft_config(tp.model_copy(update={"gradient_checkpointing": False}), tmp_path, 0, None)
+    assert not off.gradient_checkpointing
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(SqltuneError, match="pip install liger-kernel"):
+        sft_config(tp.model_copy(update={"use_liger_kernel": True}), tmp_path, 0, None)
+
+
+def test_partial_checkpointing_recomputes_every_nth_layer(tiny_model_dir, tmp_path):
+    """Through the stage's own trainer: with every_n_layers=2, one of the two layers is checkpointed."""
+    import yaml
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sqltune.config import parse_params
+    from sqltune.training import build_trainer
+
+    data = yaml.safe_load(open(Path(__file__).parents[1] / "params.yaml"))
+    data["train"]["trainer"].update(gradient_checkpointing=True, checkpoint_every_n_layers=2, max_length=64,
+                                    per_device_batch_size=1, precision="fp32")
+    params = parse_params(data)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"q{i}"}],
+                               "completion": [{"role": "assistant", "content": "SELECT 1"}]} for i in range(4)])
+    trainer = build_trainer(params, model, tok, rows, tmp_path, max_steps=1)
+    trainer.train()
+    flags = [layer.gradient_checkpointing for layer in trainer.model.get_base_model().model.layers]
+    assert flags.count(True) == 1 and len(flags) == 2
