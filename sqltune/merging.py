@@ -13,9 +13,20 @@ from sqltune.io import atomic_path, read_jsonl
 PROMPT_FILE = "sqltune.json"  # the system prompt the model was trained with, for predict/ask
 
 
-def model_card(params: Params) -> str:
-    """README.md of the merged model. Eval metrics are added at upload time (sqltune upload): the
-    merge stage must not depend on them, or changing an evaluate param would rerun the merge."""
+def eval_section(metrics_file: str | Path | None) -> str:
+    """The model card's evaluation table, from the evaluate stage's metrics (empty without them)."""
+    if metrics_file is None or not Path(metrics_file).is_file():
+        return ""
+    m = json.loads(Path(metrics_file).read_text())
+    rows = [f"| {name} | {s['execution_accuracy']:.3f} | {s['exact_match']:.3f} | {s['n']} |"
+            for name, s in m.items() if isinstance(s, dict) and "execution_accuracy" in s]
+    return "\n## Evaluation\n\n| model | execution accuracy | exact match | n |\n|---|---|---|---|\n" + \
+        "\n".join(rows) + "\n"
+
+
+def model_card(params: Params, eval_metrics: str | Path | None = None) -> str:
+    """README.md of the merged model: base, data, training params and the eval metrics. The card
+    shows the metrics, so the merge stage depends on them: an evaluate change reruns merge too."""
     import yaml
 
     p = params.prepare
@@ -26,11 +37,12 @@ def model_card(params: Params) -> str:
         f"- **Data:** {p.dataset} ({p.train_size} train / {p.test_size} test rows, {p.split} split, seed {params.seed})\n"
         f"- **Adapter merged into** full-precision weights; prompt format in `{PROMPT_FILE}`.\n\n"
         f"## Training params\n\n```yaml\n{yaml.safe_dump(params.train.model_dump(), sort_keys=False)}```\n"
+        + eval_section(eval_metrics)
     )
 
 
 def merge(params: Params, adapter_dir: str | Path, out_dir: str | Path, base_cache: str | Path,
-          test_file: str | Path) -> dict:
+          test_file: str | Path, eval_metrics: str | Path | None = None) -> dict:
     """Merge into bf16 (GPU) / fp32 (CPU) weights, never into 4-bit ones, and measure how often the
     merged model's greedy SQL equals the adapter-on-base SQL on test prompts."""
     import torch
@@ -48,7 +60,7 @@ def merge(params: Params, adapter_dir: str | Path, out_dir: str | Path, base_cac
     with atomic_path(out_dir) as tmp:
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(params))
+        (tmp / "README.md").write_text(model_card(params, eval_metrics))
         (tmp / PROMPT_FILE).write_text(json.dumps({"system_prompt": params.prepare.system_prompt}))
     same = sum(a == b for a, b in zip(before, after))
     return {"parity": same / len(prompts) if prompts else None, "parity_samples": len(prompts),

@@ -6,12 +6,12 @@ environment or `.env`; the token is handed to huggingface_hub and never printed 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
 
 from sqltune.errors import SqltuneError
+from sqltune.merging import eval_section
 
 
 def credentials(env_file: str | Path = ".env") -> tuple[str, str]:
@@ -23,18 +23,6 @@ def credentials(env_file: str | Path = ".env") -> tuple[str, str]:
         missing = " and ".join(k for k, v in (("HF_TOKEN", token), ("HF_USERNAME", user)) if not v)
         raise SqltuneError(f"{missing} not set; export it or put it in .env (see README, 'Ship the model')")
     return token, user
-
-
-def eval_summary(metrics_file: str | Path = "metrics/eval/metrics.json") -> str:
-    """A model-card section with the committed eval metrics, if there are any."""
-    path = Path(metrics_file)
-    if not path.is_file():
-        return ""
-    m = json.loads(path.read_text())
-    rows = [f"| {name} | {s.get('execution_accuracy')} | {s.get('exact_match')} | {s.get('n')} |"
-            for name, s in m.items() if isinstance(s, dict)]
-    return "\n## Evaluation\n\n| model | execution accuracy | exact match | n |\n|---|---|---|---|\n" + \
-        "\n".join(rows) + "\n"
 
 
 def plan(folder: Path, repo_id: str, private: bool) -> str:
@@ -84,7 +72,9 @@ def upload(repo: str | None, merged: Path, adapter: Path, skip_merge: bool, skip
     repo_id = repo if repo and "/" in repo else f"{user}/{repo or 'sqltune-' + folder.name}"
     say(plan(folder, repo_id, private))
     card_file = folder / "README.md"
-    card = (card_file.read_text() if card_file.is_file() else f"# {repo_id}\n") + eval_summary()
+    card = card_file.read_text() if card_file.is_file() else f"# {repo_id}\n"
+    if "## Evaluation" not in card:  # the merged model's card has it; an adapter's (PEFT's) does not
+        card += eval_section("metrics/eval/metrics.json")
     url = push(folder, repo_id, token, private, card)
     say(f"pushed: {url}")
     return url

@@ -20,10 +20,11 @@ def main() -> None:
     ap.add_argument("--base-cache", required=True)
     ap.add_argument("--out", required=True, help="output folder for the merged model")
     ap.add_argument("--metrics", required=True, help="JSON file for the parity metric")
+    ap.add_argument("--eval-metrics", required=True, help="evaluate's metrics, for the model card")
     args = ap.parse_args()
 
     params = load_params(args.params)
-    result = merge(params, args.adapter, args.out, args.base_cache, args.data)
+    result = merge(params, args.adapter, args.out, args.base_cache, args.data, args.eval_metrics)
     write_json(args.metrics, result)
     print(f"merge: wrote {args.out} ({result['dtype']}); parity {result['parity']} "
           f"on {result['parity_samples']} prompts")

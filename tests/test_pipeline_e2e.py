@@ -33,6 +33,8 @@ def test_outputs(project):
     for model in ("base", "finetuned"):
         assert ev[model]["n"] == 8 and 0 <= ev[model]["execution_accuracy_all"] <= 1
     assert json.loads((project / "metrics/prepare.json").read_text())["train_rows"] == 24
+    card = (project / "models/merged/README.md").read_text()
+    assert "## Evaluation" in card and f"| finetuned | {ev['finetuned']['execution_accuracy']:.3f} |" in card
     assert 0 <= json.loads((project / "metrics/merge.json").read_text())["parity"] <= 1
     preds = [json.loads(line) for line in (project / "metrics/predictions.jsonl").read_text().splitlines()]
     assert {p["model"] for p in preds} == {"base", "finetuned"} and len(preds) == 16
@@ -50,9 +52,9 @@ def test_second_repro_is_a_noop(project):
     assert stages_run(run(["dvc", "repro"], project)) == []
 
 
-def test_evaluate_param_reruns_only_evaluate(project):
+def test_evaluate_param_reruns_evaluate_and_the_card(project):
     out = run(["dvc", "exp", "run", "-S", "evaluate.n_databases=3"], project)
-    assert stages_run(out) == ["evaluate"]
+    assert stages_run(out) == ["evaluate", "merge"]  # merge: the model card shows the eval metrics
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project)
     assert "finetuned.execution_accuracy" in shown and "evaluate.n_databases" in shown
     assert "finetuned.exact_match" in run(["dvc", "metrics", "show"], project)

@@ -68,7 +68,7 @@ def test_merge_then_push_with_plan_and_card(workspace):
     assert names == ["merge", "init", "create_repo", "upload_folder", "upload_file"]
     assert FakeApi.calls[1] == ("init", TOKEN) and FakeApi.calls[2] == ("create_repo", "ada/sqltune-merged", True)
     card = FakeApi.calls[-1][2]
-    assert card.startswith("# card") and "| finetuned | 0.5 | 0.4 | 10 |" in card
+    assert card.startswith("# card") and "| finetuned | 0.500 | 0.400 | 10 |" in card
 
 
 def test_skip_merge_pushes_the_adapter(workspace, monkeypatch):
