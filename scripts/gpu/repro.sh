@@ -5,7 +5,7 @@
 # TARGET is a dvc stage (e.g. evaluate) or "all". Overrides are applied to a copy of PRESET.
 set -uo pipefail
 name=$1 preset=$2 target=${3:-all}; shift 3 || shift $#
-export PATH=/root/bin:$PATH PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 if [ ! -d .git ] && [ ! -d .dvc/tmp ]; then dvc config --local core.no_scm true; fi
 python3 - "$preset" "$@" <<'PY'
 import sys, yaml

@@ -8,9 +8,9 @@
 set -euo pipefail
 phase=$1
 PIP="python3 -m pip install -q --no-index --disable-pip-version-check"
-mkdir -p /root/sqltune-parts /root/bin
-# dvc.yaml runs `python`; make it the interpreter that has torch.
-ln -sf "$(command -v python3)" /root/bin/python
+mkdir -p /root/sqltune-parts
+# dvc.yaml runs `python`: it must be the venv's own (/opt/torch/.venv/bin/python there). A symlink
+# to it elsewhere on PATH loses the venv (no site-packages), so none is made.
 case $phase in
   1) $PIP --find-links carry/w1 trl==1.16.0 datasets==5.2.0 bitsandbytes==0.50.2 gguf sqlglot pydantic==2.14.3 \
         accelerate==1.15.0 peft==0.21.2 transformers==5.23.0 liger-kernel==0.8.5
