@@ -186,6 +186,102 @@ def _context_from_db(conn: sqlite3.Connection) -> str:
 # --------------------------------------------------------------------- scoring
 
 
+def _gold_sql(row: dict) -> str:
+    gold = row.get("answer")
+    if not isinstance(gold, str) or not gold.strip():
+        raise SqltuneError("the row has no gold SQL in 'answer'; add it")
+    return extract_sql(gold)
+
+
+def _context_and_real_db(
+    row: dict, db_id, db_dir: str | os.PathLike | None
+) -> tuple[str, list[sqlite3.Connection] | None]:
+    """The schema text, plus the real database when there is one to score on
+    (``None`` means databases have to be synthesized from the context)."""
+    context = row.get("context")
+    if bool(db_id) and db_dir is not None:
+        dbs = [real_database(db_dir, str(db_id))]
+        if not isinstance(context, str) or not context.strip():
+            context = _context_from_db(dbs[0])
+        return context, dbs
+    if not isinstance(context, str) or not context.strip():
+        raise SqltuneError(
+            "the row has no 'context' (CREATE TABLE statements) and no db_id with --db-dir; "
+            "add the context or pass --db-dir"
+        )
+    return context, None
+
+
+def _static_verdicts(row: dict, gold: str, pred: str, context: str, db_id) -> dict:
+    """The verdicts that need no database; execution ones start out False."""
+    parse_ok = _parse_shared(pred) is not None
+    out = {
+        "prediction": pred,
+        "parse_ok": parse_ok,
+        "schema_valid": schema_valid(pred, context) if parse_ok else False,
+        "exact_match": exact_match(pred, gold, context) if parse_ok else False,
+        "execution_match": False,
+        "undecidable": False,
+        "gold_error": False,
+        "error": None,
+        "error_message": "",
+        "features": sorted(features(gold)),
+        "source": row.get("source") or (str(db_id) if db_id else "unknown"),
+    }
+    if normalize(gold, context) is None:
+        out["gold_error"] = True
+        out["error"] = "gold_error"
+        out["error_message"] = "gold SQL does not parse"
+    return out
+
+
+def _run_on_all(
+    dbs: list[sqlite3.Connection], sql: str, timeout_s: float, max_rows: int
+) -> tuple[list[QueryResult], QueryResult | None]:
+    """Results on every database, stopping at the first failure (returned second)."""
+    results: list[QueryResult] = []
+    for db in dbs:
+        r = run_query(db, sql, timeout_s=timeout_s, max_rows=max_rows)
+        if not r.ok:
+            return results, r
+        results.append(r)
+    return results, None
+
+
+def _execution_verdicts(
+    out: dict, dbs: list[sqlite3.Connection], gold: str, pred: str, timeout_s: float, max_rows: int
+) -> dict:
+    # gold runs even when it does not parse, so a gold run failure message wins
+    gold_results, failed = _run_on_all(dbs, gold, timeout_s, max_rows)
+    if failed is not None:
+        out.update(gold_error=True, error="gold_error", error_message=f"gold {failed.error}: {failed.message}")
+        return out
+    if out["gold_error"]:
+        return out
+    out["undecidable"] = all(not r.rows for r in gold_results)
+
+    if not pred:
+        out.update(error="error", error_message="empty prediction")
+        return out
+    if out["parse_ok"] and not is_read_only(pred):
+        out.update(error="refused", error_message="not a single read-only query")
+        return out
+    pred_results, failed = _run_on_all(dbs, pred, timeout_s, max_rows)
+    if failed is not None:
+        out.update(error=failed.error, error_message=failed.message[:200])
+        return out
+    if out["undecidable"]:
+        return out
+    out["execution_match"] = results_match(
+        [r.rows for r in gold_results],
+        [r.rows for r in pred_results],
+        ordered=gold_is_ordered(gold),
+        gold_columns=gold_results[0].n_columns,
+        pred_columns=pred_results[0].n_columns,
+    )
+    return out
+
+
 def score_example(
     row: dict,
     prediction_text: str | None,
@@ -208,84 +304,17 @@ def score_example(
     Raises ``SqltuneError`` only for data problems (missing gold, invalid
     context DDL, a missing database file), never for a bad prediction.
     """
-    gold = row.get("answer")
-    if not isinstance(gold, str) or not gold.strip():
-        raise SqltuneError("the row has no gold SQL in 'answer'; add it")
-    gold = extract_sql(gold)
-    context = row.get("context")
+    gold = _gold_sql(row)
     db_id = row.get("db_id")
     pred = extract_sql(prediction_text if isinstance(prediction_text, str) else "")
-
-    real_mode = bool(db_id) and db_dir is not None
-    dbs: list[sqlite3.Connection]
-    if real_mode:
-        dbs = [real_database(db_dir, str(db_id))]
-        if not isinstance(context, str) or not context.strip():
-            context = _context_from_db(dbs[0])
-    elif not isinstance(context, str) or not context.strip():
-        raise SqltuneError(
-            "the row has no 'context' (CREATE TABLE statements) and no db_id with --db-dir; "
-            "add the context or pass --db-dir"
-        )
-
-    parse_ok = _parse_shared(pred) is not None
-    out = {
-        "prediction": pred,
-        "parse_ok": parse_ok,
-        "schema_valid": schema_valid(pred, context) if parse_ok else False,
-        "exact_match": exact_match(pred, gold, context) if parse_ok else False,
-        "execution_match": False,
-        "undecidable": False,
-        "gold_error": False,
-        "error": None,
-        "error_message": "",
-        "features": sorted(features(gold)),
-        "source": row.get("source") or (str(db_id) if db_id else "unknown"),
-    }
-    if normalize(gold, context) is None:
-        out["gold_error"] = True
-        out["error"] = "gold_error"
-        out["error_message"] = "gold SQL does not parse"
-
-    if not real_mode:
-        dbs = synthesize(context, gold, n_databases, seed)
+    context, real_dbs = _context_and_real_db(row, db_id, db_dir)
+    out = _static_verdicts(row, gold, pred, context, db_id)
+    dbs = real_dbs if real_dbs is not None else synthesize(context, gold, n_databases, seed)
     try:
-        gold_results: list[QueryResult] = []
-        for db in dbs:
-            r = run_query(db, gold, timeout_s=timeout_s, max_rows=max_rows)
-            if not r.ok:
-                out.update(gold_error=True, error="gold_error", error_message=f"gold {r.error}: {r.message}")
-                return out
-            gold_results.append(r)
-        if out["gold_error"]:
-            return out
-        out["undecidable"] = all(not r.rows for r in gold_results)
-
-        if not pred:
-            out.update(error="error", error_message="empty prediction")
-            return out
-        if parse_ok and not is_read_only(pred):
-            out.update(error="refused", error_message="not a single read-only query")
-            return out
-        pred_results: list[QueryResult] = []
-        for db in dbs:
-            r = run_query(db, pred, timeout_s=timeout_s, max_rows=max_rows)
-            if not r.ok:
-                out.update(error=r.error, error_message=r.message[:200])
-                return out
-            pred_results.append(r)
-        if out["undecidable"]:
-            return out
-        out["execution_match"] = results_match(
-            [r.rows for r in gold_results],
-            [r.rows for r in pred_results],
-            ordered=gold_is_ordered(gold),
-            gold_columns=gold_results[0].n_columns,
-            pred_columns=pred_results[0].n_columns,
-        )
-        return out
+        return _execution_verdicts(out, dbs, gold, pred, timeout_s, max_rows)
     finally:
-        if not real_mode:
+        # real databases are cached and reused; only synthesized ones are ours to close
+        if real_dbs is None:
             for db in dbs:
                 db.close()
 

@@ -224,103 +224,136 @@ def _first_column(node: exp.Expression | None) -> exp.Column | None:
     return None
 
 
-def build_plan(context: str, gold_sql: str) -> Plan:
-    """Value pools and target values for ``context`` + ``gold_sql``.
+@dataclass
+class _GoldFacts:
+    """What the gold query says about columns, as (table, column) keys."""
 
-    Raises ``SqltuneError`` if the context is not valid DDL. A gold query that
-    does not parse just gives random databases.
-    """
-    schema = schema_types(context)
-    tables = list(schema.items())
-    columns_of = {t: {c for c, _ in cols} for t, cols in tables}
-    affinity = {(t, c): a for t, cols in tables for c, a in cols}
+    literal_conds: list[tuple[list[tuple[str, str]], type, object]] = field(default_factory=list)
+    joined_keys: set[tuple[str, str]] = field(default_factory=set)
+    wide_keys: set[tuple[str, str]] = field(default_factory=set)
+    numeric_keys: set[tuple[str, str]] = field(default_factory=set)
+    count_threshold: int = 0
+
+
+def _name_unions(affinity: dict[tuple[str, str], str]) -> _UnionFind:
+    """Union-find over columns in which same-named columns are already joined."""
     uf = _UnionFind()
     by_name: dict[str, tuple[str, str]] = {}
     for key in affinity:
         uf.find(key)
         first = by_name.setdefault(key[1], key)
         uf.union(first, key)
+    return uf
 
-    node = resolved_shared(gold_sql, context) if gold_sql else None
-    literal_conds: list[tuple[list[tuple[str, str]], type, object]] = []
-    joined_keys: set[tuple[str, str]] = set()
-    wide_keys: set[tuple[str, str]] = set()
-    numeric_keys: set[tuple[str, str]] = set()
-    count_threshold = 0
-    if node is not None:
-        alias_map: dict[str, set[str]] = {}
-        query_tables: set[str] = set()
-        for t in node.find_all(exp.Table):
-            name = t.name.lower()
-            if name in schema:
-                query_tables.add(name)
-                alias_map.setdefault((t.alias or t.name).lower(), set()).add(name)
 
-        def keys(col: exp.Column | None) -> list[tuple[str, str]]:
-            if col is None:
-                return []
-            name = col.name.lower()
-            if col.table:
-                cands = alias_map.get(col.table.lower(), set()) | ({col.table.lower()} & set(schema))
-            else:
-                cands = {t for t in query_tables if name in columns_of[t]} or {
-                    t for t in schema if name in columns_of[t]
-                }
-            return [(t, name) for t in sorted(cands) if name in columns_of[t]]
+def _key_resolver(node: exp.Expression, schema: dict, columns_of: dict[str, set[str]]):
+    """A function mapping a column of the gold query to the (table, column)
+    keys it may refer to: through aliases, else the query's tables, else any table."""
+    alias_map: dict[str, set[str]] = {}
+    query_tables: set[str] = set()
+    for t in node.find_all(exp.Table):
+        name = t.name.lower()
+        if name in schema:
+            query_tables.add(name)
+            alias_map.setdefault((t.alias or t.name).lower(), set()).add(name)
 
-        for cmp in node.find_all(*_CMP_OPS):
-            left, right = cmp.this, cmp.expression
-            lk, rk = keys(_first_column(left)), keys(_first_column(right))
-            if lk and rk:
-                for a in lk:
-                    for b in rk:
-                        uf.union(a, b)
-                joined_keys.update(lk + rk)
+    def keys(col: exp.Column | None) -> list[tuple[str, str]]:
+        if col is None:
+            return []
+        name = col.name.lower()
+        if col.table:
+            cands = alias_map.get(col.table.lower(), set()) | ({col.table.lower()} & set(schema))
+        else:
+            cands = {t for t in query_tables if name in columns_of[t]} or {
+                t for t in schema if name in columns_of[t]
+            }
+        return [(t, name) for t in sorted(cands) if name in columns_of[t]]
+
+    return keys
+
+
+def _scan_comparisons(node: exp.Expression, keys, uf: _UnionFind, facts: _GoldFacts) -> None:
+    for cmp in node.find_all(*_CMP_OPS):
+        left, right = cmp.this, cmp.expression
+        lk, rk = keys(_first_column(left)), keys(_first_column(right))
+        if lk and rk:
+            for a in lk:
+                for b in rk:
+                    uf.union(a, b)
+            facts.joined_keys.update(lk + rk)
+            continue
+        for ks, other, flipped in ((lk, right, False), (rk, left, True)):
+            if not ks:
                 continue
-            for ks, other, flipped in ((lk, right, False), (rk, left, True)):
-                if not ks:
-                    continue
-                v = _literal_value(other)
-                if v is _NOT_CONST:
-                    continue
-                op = type(cmp)
-                if flipped:
-                    op = {exp.GT: exp.LT, exp.LT: exp.GT, exp.GTE: exp.LTE, exp.LTE: exp.GTE}.get(op, op)
-                literal_conds.append((ks, op, v))
-        for node_in in node.find_all(exp.In):
-            ks = keys(_first_column(node_in.this))
-            query = node_in.args.get("query")
-            if query is not None:
-                inner = query.this if isinstance(query, exp.Subquery) else query
-                first = inner.expressions[0] if isinstance(inner, exp.Select) and inner.expressions else None
-                sub = keys(_first_column(first))
-                for a in ks:
-                    for b in sub:
-                        uf.union(a, b)
-                joined_keys.update(ks + sub)
-            for e in node_in.expressions:
-                v = _literal_value(e)
-                if ks and v is not _NOT_CONST:
-                    literal_conds.append((ks, exp.In, v))
-        for between in node.find_all(exp.Between):
-            ks = keys(_first_column(between.this))
-            lo, hi = _literal_value(between.args.get("low")), _literal_value(between.args.get("high"))
-            for v, op in ((lo, exp.GTE), (hi, exp.LTE)):
-                if ks and v is not _NOT_CONST:
-                    literal_conds.append((ks, op, v))
-        for cmp in node.find_all(*_RANGE_OPS, exp.EQ):
-            for side, other in ((cmp.this, cmp.expression), (cmp.expression, cmp.this)):
-                v = _literal_value(other)
-                if isinstance(side, exp.Count) and isinstance(v, int) and not isinstance(v, bool):
-                    count_threshold = max(count_threshold, min(v, MAX_COUNT_THRESHOLD))
-        for o in node.find_all(exp.Ordered, exp.Max, exp.Min):
-            for c in o.find_all(exp.Column):
-                wide_keys.update(keys(c))
-        for o in node.find_all(exp.Avg, exp.Sum, exp.Add, exp.Sub, exp.Mul, exp.Div):
-            for c in o.find_all(exp.Column):
-                numeric_keys.update(keys(c))
+            v = _literal_value(other)
+            if v is _NOT_CONST:
+                continue
+            op = type(cmp)
+            if flipped:
+                op = {exp.GT: exp.LT, exp.LT: exp.GT, exp.GTE: exp.LTE, exp.LTE: exp.GTE}.get(op, op)
+            facts.literal_conds.append((ks, op, v))
 
-    # pools
+
+def _scan_in(node: exp.Expression, keys, uf: _UnionFind, facts: _GoldFacts) -> None:
+    for node_in in node.find_all(exp.In):
+        ks = keys(_first_column(node_in.this))
+        query = node_in.args.get("query")
+        if query is not None:
+            inner = query.this if isinstance(query, exp.Subquery) else query
+            first = inner.expressions[0] if isinstance(inner, exp.Select) and inner.expressions else None
+            sub = keys(_first_column(first))
+            for a in ks:
+                for b in sub:
+                    uf.union(a, b)
+            facts.joined_keys.update(ks + sub)
+        for e in node_in.expressions:
+            v = _literal_value(e)
+            if ks and v is not _NOT_CONST:
+                facts.literal_conds.append((ks, exp.In, v))
+
+
+def _scan_between(node: exp.Expression, keys, facts: _GoldFacts) -> None:
+    for between in node.find_all(exp.Between):
+        ks = keys(_first_column(between.this))
+        lo, hi = _literal_value(between.args.get("low")), _literal_value(between.args.get("high"))
+        for v, op in ((lo, exp.GTE), (hi, exp.LTE)):
+            if ks and v is not _NOT_CONST:
+                facts.literal_conds.append((ks, op, v))
+
+
+def _count_threshold(node: exp.Expression) -> int:
+    """The largest N the gold query compares a COUNT(...) with (capped)."""
+    count_threshold = 0
+    for cmp in node.find_all(*_RANGE_OPS, exp.EQ):
+        for side, other in ((cmp.this, cmp.expression), (cmp.expression, cmp.this)):
+            v = _literal_value(other)
+            if isinstance(side, exp.Count) and isinstance(v, int) and not isinstance(v, bool):
+                count_threshold = max(count_threshold, min(v, MAX_COUNT_THRESHOLD))
+    return count_threshold
+
+
+def _scan_gold(node: exp.Expression, schema: dict, columns_of: dict[str, set[str]], uf: _UnionFind) -> _GoldFacts:
+    """Collect the gold query's facts; column comparisons also join pools in ``uf``."""
+    facts = _GoldFacts()
+    keys = _key_resolver(node, schema, columns_of)
+    # the order of unions decides each pool's root and so its label: keep it
+    _scan_comparisons(node, keys, uf, facts)
+    _scan_in(node, keys, uf, facts)
+    _scan_between(node, keys, facts)
+    facts.count_threshold = _count_threshold(node)
+    for o in node.find_all(exp.Ordered, exp.Max, exp.Min):
+        for c in o.find_all(exp.Column):
+            facts.wide_keys.update(keys(c))
+    for o in node.find_all(exp.Avg, exp.Sum, exp.Add, exp.Sub, exp.Mul, exp.Div):
+        for c in o.find_all(exp.Column):
+            facts.numeric_keys.update(keys(c))
+    return facts
+
+
+def _make_pools(
+    affinity: dict[tuple[str, str], str], uf: _UnionFind, facts: _GoldFacts
+) -> tuple[list[_Pool], dict[tuple[str, str], int]]:
+    """One pool per union-find class, numbered in schema order."""
     roots: dict = {}
     pools: list[_Pool] = []
     pool_of: dict[tuple[str, str], int] = {}
@@ -336,46 +369,75 @@ def build_plan(context: str, gold_sql: str) -> Plan:
             p.numeric = True
         if affinity[key] == "REAL":
             p.real = True
-        if key in joined_keys:
+        if key in facts.joined_keys:
             p.joined = True
-    for key in wide_keys:
+    for key in facts.wide_keys:
         pools[pool_of[key]].wide = True
-    for key in numeric_keys:
+    for key in facts.numeric_keys:
         pools[pool_of[key]].numeric = True
+    return pools, pool_of
 
+
+def _seed_literal(pool: _Pool, op: type, v):
+    """Seed ``pool`` with ``v`` and its neighbours; returns the value a target
+    row uses for ``column <op> v``."""
+    n = _numeric_text(v)
+    if isinstance(v, str) and n is None:
+        pool.string_literals += 1
+        if op in (exp.Like, exp.ILike, exp.Glob):
+            variants = _like_instances(v)
+        elif op in _RANGE_OPS:
+            variants = _string_neighbours(v) + _string_variants(v)
+        else:
+            variants = _string_variants(v)
+        for x in variants:
+            pool.add_seed(x)
+        return variants[0] if op in (exp.Like, exp.ILike, exp.Glob) else _satisfying(op, v)
+    pool.number_literals += 1
+    if isinstance(v, str):
+        pool.add_seed(v)
+    for x in _number_neighbours(n):
+        pool.add_seed(x)
+    return _satisfying(op, v)
+
+
+def _seed_targets(
+    literal_conds: list, pools: list[_Pool], pool_of: dict[tuple[str, str], int]
+) -> dict[str, dict[str, list]]:
+    """Seed the pools from the literal conditions; returns table -> column -> target values."""
     targets: dict[str, dict[str, list]] = {}
     for ks, op, v in literal_conds:
         for key in ks:
-            pool = pools[pool_of[key]]
-            n = _numeric_text(v)
-            if isinstance(v, str) and n is None:
-                pool.string_literals += 1
-                if op in (exp.Like, exp.ILike, exp.Glob):
-                    variants = _like_instances(v)
-                elif op in _RANGE_OPS:
-                    variants = _string_neighbours(v) + _string_variants(v)
-                else:
-                    variants = _string_variants(v)
-                for x in variants:
-                    pool.add_seed(x)
-                target = variants[0] if op in (exp.Like, exp.ILike, exp.Glob) else _satisfying(op, v)
-            else:
-                pool.number_literals += 1
-                if isinstance(v, str):
-                    pool.add_seed(v)
-                for x in _number_neighbours(n):
-                    pool.add_seed(x)
-                target = _satisfying(op, v)
+            target = _seed_literal(pools[pool_of[key]], op, v)
             if op is not exp.NEQ and target is not None:
                 targets.setdefault(key[0], {}).setdefault(key[1], [])
                 if target not in targets[key[0]][key[1]]:
                     targets[key[0]][key[1]].append(target)
+    return targets
+
+
+def build_plan(context: str, gold_sql: str) -> Plan:
+    """Value pools and target values for ``context`` + ``gold_sql``.
+
+    Raises ``SqltuneError`` if the context is not valid DDL. A gold query that
+    does not parse just gives random databases.
+    """
+    schema = schema_types(context)
+    tables = list(schema.items())
+    columns_of = {t: {c for c, _ in cols} for t, cols in tables}
+    affinity = {(t, c): a for t, cols in tables for c, a in cols}
+    uf = _name_unions(affinity)
+
+    node = resolved_shared(gold_sql, context) if gold_sql else None
+    facts = _scan_gold(node, schema, columns_of, uf) if node is not None else _GoldFacts()
+    pools, pool_of = _make_pools(affinity, uf, facts)
+    targets = _seed_targets(facts.literal_conds, pools, pool_of)
 
     digest = hashlib.sha1(f"{context}\x00{gold_sql}".encode()).hexdigest()[:16]
     for i, p in enumerate(pools):
         p.base = int(hashlib.sha1(f"{digest}:{i}".encode()).hexdigest()[:6], 16) % 90
     return Plan(tables=tables, pool_of=pool_of, pools=pools, targets=targets, digest=digest,
-                count_threshold=count_threshold)
+                count_threshold=facts.count_threshold)
 
 
 # --------------------------------------------------------------------- generation
@@ -399,12 +461,8 @@ def _filler(pool: _Pool, rng: random.Random):
     return f"{pool.label} {rng.choice(_WORDS)}"
 
 
-def plan_rows(plan: Plan, db_index: int, seed: int) -> dict[str, list[tuple]]:
-    """Rows of every table for database ``db_index`` (deterministic)."""
-    rng = random.Random(f"{seed}|{db_index}|{plan.digest}")
-    null_rate = NULL_RATE if db_index % 2 == 1 else 0.0
-    big = plan.count_threshold > 0 and db_index % 2 == 0
-    keyed = db_index % 4 == 3
+def _db_pool_values(plan: Plan, rng: random.Random, big: bool, keyed: bool) -> list[list]:
+    """Each pool's distinct filler values in this database."""
     db_pools = []
     for pool in plan.pools:
         if big:
@@ -415,6 +473,104 @@ def plan_rows(plan: Plan, db_index: int, seed: int) -> dict[str, list[tuple]]:
             k = rng.randint(2, 6)
         values = [_filler(pool, rng) for _ in range(k)]
         db_pools.append(list(dict.fromkeys(values)))
+    return db_pools
+
+
+def _column_values(
+    plan: Plan, table: str, cols: list[tuple[str, str]], db_pools: list[list], rng: random.Random, keyed: bool
+) -> tuple[list[list], dict[int, list]]:
+    """Per column, the values it draws from, and for key-like columns the
+    distinct values to hand out one by one."""
+    # each column draws from all of its pool's values or from a subset, so
+    # that joins / IN / EXCEPT also meet values missing on the other side
+    col_values = []
+    distinct: dict[int, list] = {}
+    for ci, (col, _aff) in enumerate(cols):
+        pool_idx = plan.pool_of[(table, col)]
+        vals = db_pools[pool_idx]
+        if keyed and plan.pools[pool_idx].joined:
+            if rng.random() < 0.5:  # key-like: distinct values in this table
+                distinct[ci] = rng.sample(vals, len(vals))
+        elif plan.pools[pool_idx].joined and len(vals) > 1 and rng.random() < 0.5:
+            vals = rng.sample(vals, rng.randint(1, len(vals) - 1))
+        col_values.append(vals)
+    return col_values, distinct
+
+
+def _row(
+    plan: Plan,
+    table: str,
+    cols: list[tuple[str, str]],
+    tgt: dict[str, list],
+    forced: tuple | None,
+    near_miss: str | None,
+    is_target: bool,
+    null_rate: float,
+    col_values: list[list],
+    distinct: dict[int, list],
+    rng: random.Random,
+) -> tuple:
+    row = []
+    for ci, (col, _aff) in enumerate(cols):
+        pool_idx = plan.pool_of[(table, col)]
+        pool = plan.pools[pool_idx]
+        if forced is not None and col == forced[0]:
+            row.append(forced[1])
+        elif null_rate and rng.random() < null_rate:
+            row.append(None)
+        elif col == near_miss and pool.seeds:
+            row.append(rng.choice(pool.seeds))
+        elif is_target and col in tgt:
+            row.append(rng.choice(tgt[col]))
+        elif pool.seeds and rng.random() < SEED_RATE:
+            row.append(rng.choice(pool.seeds))
+        elif pool.wide and not pool.joined:
+            row.append(_filler(pool, rng))
+        else:
+            row.append(distinct[ci].pop() if distinct.get(ci) else rng.choice(col_values[ci]))
+    return tuple(row)
+
+
+def _table_rows(
+    plan: Plan,
+    table: str,
+    cols: list[tuple[str, str]],
+    n: int,
+    col_values: list[list],
+    distinct: dict[int, list],
+    null_rate: float,
+    rng: random.Random,
+) -> list[tuple]:
+    tgt = plan.targets.get(table, {})
+    # planted rows: every target value of every column shows up (1-2 times)
+    planted = [(c, v) for c in sorted(tgt) for v in tgt[c] for _ in range(rng.randint(1, 2))]
+    rng.shuffle(planted)
+    planted = planted[: max(1, n // 2)]
+    rows: list[tuple] = []
+    for i in range(n):
+        forced = planted[i] if i < len(planted) else None
+        if forced is None and rows and rng.random() < DUPLICATE_RATE:
+            rows.append(rng.choice(rows))
+            continue
+        is_target = forced is not None or (bool(tgt) and rng.random() < TARGET_RATE)
+        # a near-target row misses exactly one condition, by a neighbour value
+        near_miss = rng.choice(sorted(tgt)) if is_target and rng.random() < NEAR_MISS_RATE else None
+        if forced is not None and near_miss == forced[0]:
+            near_miss = None
+        rows.append(_row(plan, table, cols, tgt, forced, near_miss, is_target, null_rate, col_values, distinct, rng))
+    rng.shuffle(rows)
+    return rows
+
+
+def plan_rows(plan: Plan, db_index: int, seed: int) -> dict[str, list[tuple]]:
+    """Rows of every table for database ``db_index`` (deterministic)."""
+    # one generator for the whole database: the order of its draws is part of
+    # the output, so helpers below must not reorder them
+    rng = random.Random(f"{seed}|{db_index}|{plan.digest}")
+    null_rate = NULL_RATE if db_index % 2 == 1 else 0.0
+    big = plan.count_threshold > 0 and db_index % 2 == 0
+    keyed = db_index % 4 == 3
+    db_pools = _db_pool_values(plan, rng, big, keyed)
     data: dict[str, list[tuple]] = {}
     for table, cols in plan.tables:
         if big:
@@ -422,56 +578,8 @@ def plan_rows(plan: Plan, db_index: int, seed: int) -> dict[str, list[tuple]]:
             n = rng.randint(thr + 1, 2 * thr + 4)
         else:
             n = rng.randint(ROWS_MIN, ROWS_MAX)
-        # each column draws from all of its pool's values or from a subset, so
-        # that joins / IN / EXCEPT also meet values missing on the other side
-        col_values = []
-        distinct: dict[int, list] = {}
-        for ci, (col, _aff) in enumerate(cols):
-            pool_idx = plan.pool_of[(table, col)]
-            vals = db_pools[pool_idx]
-            if keyed and plan.pools[pool_idx].joined:
-                if rng.random() < 0.5:  # key-like: distinct values in this table
-                    distinct[ci] = rng.sample(vals, len(vals))
-            elif plan.pools[pool_idx].joined and len(vals) > 1 and rng.random() < 0.5:
-                vals = rng.sample(vals, rng.randint(1, len(vals) - 1))
-            col_values.append(vals)
-        tgt = plan.targets.get(table, {})
-        # planted rows: every target value of every column shows up (1-2 times)
-        planted = [(c, v) for c in sorted(tgt) for v in tgt[c] for _ in range(rng.randint(1, 2))]
-        rng.shuffle(planted)
-        planted = planted[: max(1, n // 2)]
-        rows: list[tuple] = []
-        for i in range(n):
-            forced = planted[i] if i < len(planted) else None
-            if forced is None and rows and rng.random() < DUPLICATE_RATE:
-                rows.append(rng.choice(rows))
-                continue
-            is_target = forced is not None or (bool(tgt) and rng.random() < TARGET_RATE)
-            # a near-target row misses exactly one condition, by a neighbour value
-            near_miss = rng.choice(sorted(tgt)) if is_target and rng.random() < NEAR_MISS_RATE else None
-            if forced is not None and near_miss == forced[0]:
-                near_miss = None
-            row = []
-            for ci, (col, _aff) in enumerate(cols):
-                pool_idx = plan.pool_of[(table, col)]
-                pool = plan.pools[pool_idx]
-                if forced is not None and col == forced[0]:
-                    row.append(forced[1])
-                elif null_rate and rng.random() < null_rate:
-                    row.append(None)
-                elif col == near_miss and pool.seeds:
-                    row.append(rng.choice(pool.seeds))
-                elif is_target and col in tgt:
-                    row.append(rng.choice(tgt[col]))
-                elif pool.seeds and rng.random() < SEED_RATE:
-                    row.append(rng.choice(pool.seeds))
-                elif pool.wide and not pool.joined:
-                    row.append(_filler(pool, rng))
-                else:
-                    row.append(distinct[ci].pop() if distinct.get(ci) else rng.choice(col_values[ci]))
-            rows.append(tuple(row))
-        rng.shuffle(rows)
-        data[table] = rows
+        col_values, distinct = _column_values(plan, table, cols, db_pools, rng, keyed)
+        data[table] = _table_rows(plan, table, cols, n, col_values, distinct, null_rate, rng)
     return data
 
 
