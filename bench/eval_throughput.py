@@ -45,14 +45,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_throughput import ARCHS, card_name, random_model_dir  # noqa: E402
+from train_throughput import ARCHS, bench_tokenizer, card_name, random_model_dir  # noqa: E402
 
 from sqltune.config import EvaluateParams, Params, QuantizationParams, load_params  # noqa: E402
 from sqltune.data import build_splits, to_messages  # noqa: E402
 from sqltune.evaluation import to_eval_dtype  # noqa: E402
 from sqltune.generation import generate_ids, plan_batches, render_prompts, token_budget, until_eos  # noqa: E402
 from sqltune.io import read_jsonl  # noqa: E402
-from sqltune.modeling import (PLAIN_CHAT_TEMPLATE, attach_adapter, load_base_for_inference,  # noqa: E402
+from sqltune.modeling import (attach_adapter, load_base_for_inference,  # noqa: E402
                               load_model, load_tokenizer, resolve_model)
 
 EMBEDDED = "embedded"
@@ -193,8 +193,6 @@ def run_reference(params: Params, args, tok, prompts, max_new: int, force: bool)
 
 def prepare_inputs(args) -> tuple[Params, object, list, int]:
     """Params whose model is the bench model, its tokenizer, the prompts, and the new-token cap."""
-    from transformers import AutoTokenizer
-
     params = load_params(args.params or (REPO / "params.yaml" if args.arch == EMBEDDED
                                          else REPO / "presets" / "llama-3.1-8b.yaml"))
     if args.arch == EMBEDDED:
@@ -206,9 +204,7 @@ def prepare_inputs(args) -> tuple[Params, object, list, int]:
         if not args.data:
             raise SystemExit("--data ROWS.jsonl is needed for a random-weights architecture")
         model_dir = random_model_dir(args.arch, Path(args.model_root))
-        tok = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else embedded_tokenizer()
-        if args.arch != "smollm2-135m":
-            tok.chat_template = PLAIN_CHAT_TEMPLATE  # base models ship none; sqltune gives them this one
+        tok = bench_tokenizer(args.arch, args.tokenizer)
         tok.save_pretrained(model_dir)  # beside the weights, where the stage's own loaders look
         params = params.model_copy(update={"model": params.model.model_copy(
             update={"name": str(model_dir), "source": "local", "revision": None})})
@@ -218,15 +214,6 @@ def prepare_inputs(args) -> tuple[Params, object, list, int]:
     params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"max_new_tokens": max_new})})
     prompts = [to_messages(r, params.prepare.system_prompt)["prompt"] for r in rows]
     return params, tok, prompts, max_new
-
-
-def embedded_tokenizer():
-    from transformers import AutoTokenizer
-
-    from sqltune.modeling import embedded_gguf
-
-    gguf = embedded_gguf("smollm2-135m-instruct")
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
 def add_ratios(results: list[dict]) -> None:

@@ -79,15 +79,10 @@ def worker(args) -> None:
 
 
 def tokenizer_and_rows(args):
-    from transformers import AutoTokenizer
-
     from sqltune.io import read_jsonl
-    from sqltune.modeling import PLAIN_CHAT_TEMPLATE
+    from train_throughput import bench_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    if args.arch != "smollm2-135m":
-        tok.chat_template = PLAIN_CHAT_TEMPLATE  # base models ship none; sqltune gives them this one
-    return tok, read_jsonl(args.data)[: args.rows]
+    return bench_tokenizer(args.arch, args.tokenizer), read_jsonl(args.data)[: args.rows]
 
 
 # --- the runs ------------------------------------------------------------------------------------

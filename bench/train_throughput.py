@@ -161,6 +161,23 @@ def run_setup(name, params, model_dir, tok, rows, steps, warmup, extra=None, pro
     return result
 
 
+def bench_tokenizer(arch: str, folder: str | None = None):
+    """The tokenizer the benches prompt with: a folder, else the embedded model's (from its GGUF).
+    The token counts approximate the architecture's own tokenizer."""
+    from transformers import AutoTokenizer
+
+    from sqltune.modeling import PLAIN_CHAT_TEMPLATE, embedded_gguf
+
+    if folder:
+        tok = AutoTokenizer.from_pretrained(folder)
+    else:
+        gguf = embedded_gguf("smollm2-135m-instruct")
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if arch != "smollm2-135m":
+        tok.chat_template = PLAIN_CHAT_TEMPLATE  # base models (Llama) ship none; sqltune gives them this one
+    return tok
+
+
 def card_name() -> str:
     import torch
 
@@ -201,18 +218,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import yaml
-    from transformers import AutoTokenizer
 
-    from sqltune.modeling import PLAIN_CHAT_TEMPLATE, embedded_gguf
-
-    if args.tokenizer:
-        tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    else:
-        gguf = embedded_gguf("smollm2-135m-instruct")
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if args.arch != "smollm2-135m":
-        # The base Llama ships no chat template; sqltune gives such models the plain one.
-        tok.chat_template = PLAIN_CHAT_TEMPLATE
+    tok = bench_tokenizer(args.arch, args.tokenizer)
     rows = read_jsonl(args.data)[: args.rows]
     model_dir = random_model_dir(args.arch, Path(args.model_root))
     results = []
