@@ -44,6 +44,8 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-databases", type=int, default=8, help="synthesized databases per example (default 8)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per query (default 2.0)")
     p.add_argument("--seed", type=int, default=0, help="seed for database synthesis (default 0)")
+    p.add_argument("--value-case", choices=("exact", "insensitive"), default="exact",
+                   help="insensitive: text values compare case-blind in synthesized databases (WikiSQL's rule)")
 
 
 def _run_score(args: argparse.Namespace) -> int:
@@ -73,6 +75,7 @@ def _run_score(args: argparse.Namespace) -> int:
         seed=args.seed,
         timeout_s=args.timeout,
         db_dir=args.db_dir,
+        value_case=args.value_case,
     )
     if args.out:
         io.write_jsonl(args.out, per_example)  # atomic: no partial file on failure

@@ -41,6 +41,9 @@ class PrepareParams(_Strict):
     test_dataset: Optional[str] = None
     train_size: int = Field(gt=0)
     test_size: int = Field(gt=0)
+    # Skip this many rows of the (seeded, shuffled) test_dataset before taking test_size: a tuning
+    # slice disjoint from the reported one (offset 0), drawn from the same source.
+    test_offset: int = Field(default=0, ge=0)
     split: Literal["random", "schema_disjoint"] = "random"
     max_dropped_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
@@ -49,6 +52,13 @@ class PrepareParams(_Strict):
     def _prompt_has_context(self):
         if "{context}" not in self.system_prompt:
             raise ValueError("system_prompt must contain the placeholder {context}")
+        return self
+
+    @model_validator(mode="after")
+    def _offset_needs_test_dataset(self):
+        # Without a separate test source the rows after the test slice are train rows.
+        if self.test_offset and self.test_dataset is None:
+            raise ValueError("test_offset needs test_dataset (a separate source to slice the test rows from)")
         return self
 
 
@@ -77,6 +87,10 @@ class TrainerParams(_Strict):
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     max_length: int = Field(default=1024, gt=8)
     packing: bool = True
+    # Batches of rows of similar length (transformers' LengthGroupedSampler): little padding without
+    # packing, whose padding-free batch SDPA attends under one dense block-diagonal mask.
+    group_by_length: bool = False
+    tokenize_procs: int = Field(default=1, ge=1, le=64)  # processes for TRL's tokenization of the train set
     gradient_checkpointing: bool = False
     # With checkpointing on, recompute only every n-th decoder layer and keep the others'
     # activations: spends spare memory on speed (1 = every layer, the least memory).
@@ -139,6 +153,16 @@ class EvaluateParams(_Strict):
     n_databases: int = Field(default=8, gt=0, le=100)
     query_timeout_s: float = Field(default=2.0, gt=0)
     db_dir: Optional[str] = None
+    # insensitive: string values compare case-blind in the synthesized databases (WikiSQL's own rule:
+    # its evaluator lower-cases condition values). Exact match is unaffected.
+    value_case: Literal["exact", "insensitive"] = "exact"
+
+    @model_validator(mode="after")
+    def _value_case_synth_only(self):
+        if self.value_case == "insensitive" and self.db_dir is not None:
+            raise ValueError("value_case: insensitive applies to synthesized databases only; a real database "
+                             "in db_dir keeps its own collation (set value_case: exact)")
+        return self
 
     @field_validator("batch_tokens", mode="before")
     @classmethod

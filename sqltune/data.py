@@ -108,18 +108,21 @@ def to_messages(row: dict, system_prompt: str) -> dict:
     }
 
 
-def split_rows(rows: list[dict], train_size: int, test_size: int, how: str, seed: int):
-    """Seeded split. 'schema_disjoint' keeps every context on one side only."""
-    if train_size + test_size > len(rows):
+def split_rows(rows: list[dict], train_size: int, test_size: int, how: str, seed: int, offset: int = 0):
+    """Seeded split. 'schema_disjoint' keeps every context on one side only. ``offset`` skips rows of
+    the shuffled order before the test slice (random split only)."""
+    if train_size + offset + test_size > len(rows):
+        skip = f" + prepare.test_offset ({offset})" if offset else ""
         raise SqltuneError(
-            f"prepare.train_size ({train_size}) + prepare.test_size ({test_size}) exceeds the "
+            f"prepare.train_size ({train_size}) + prepare.test_size ({test_size}){skip} exceeds the "
             f"{len(rows)} usable rows; lower them"
         )
     rng = random.Random(seed)
     if how == "random":
         order = rows[:]
         rng.shuffle(order)
-        return order[:train_size], order[train_size:train_size + test_size]
+        start = train_size + offset
+        return order[:train_size], order[start:start + test_size]
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["context"], []).append(row)
@@ -164,9 +167,11 @@ def build_splits(p: PrepareParams, seed: int) -> tuple[list[dict], list[dict], d
     else:
         test_rows, test_dropped = load_clean(p.test_dataset, p)
         stats["test_dropped"] = dict(test_dropped)
-        _, test = split_rows(test_rows, 0, p.test_size, "random", seed)
+        _, test = split_rows(test_rows, 0, p.test_size, "random", seed, p.test_offset)
         if p.split == "schema_disjoint":
-            held = {r["context"] for r in test}
+            # Every schema of the test source, not only this slice's: the train rows (and so the
+            # trained model) are then the same for every test_offset, and DVC does not retrain.
+            held = {r["context"] for r in test_rows}
             rows = [r for r in rows if r["context"] not in held]
         train, _ = split_rows(rows, p.train_size, 0, "random", seed)
     stats.update(split_stats(train, test))

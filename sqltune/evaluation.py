@@ -28,7 +28,7 @@ def predict_and_score(model, tok, rows: list[dict], params: Params) -> tuple[dic
     gen_s = time.perf_counter() - t0
     summary, per_example = score_rows(
         rows, preds, n_databases=e.n_databases, seed=params.seed,
-        timeout_s=e.query_timeout_s, db_dir=e.db_dir,
+        timeout_s=e.query_timeout_s, db_dir=e.db_dir, value_case=e.value_case,
     )
     summary["generation_seconds"] = round(gen_s, 2)
     summary["samples_per_second"] = round(len(rows) / gen_s, 2) if gen_s > 0 else None

@@ -291,6 +291,7 @@ def score_example(
     timeout_s: float = 2.0,
     db_dir: str | os.PathLike | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
+    value_case: str = "exact",
 ) -> dict:
     """Verdicts for one example (see the module docstring for the rules).
 
@@ -309,7 +310,8 @@ def score_example(
     pred = extract_sql(prediction_text if isinstance(prediction_text, str) else "")
     context, real_dbs = _context_and_real_db(row, db_id, db_dir)
     out = _static_verdicts(row, gold, pred, context, db_id)
-    dbs = real_dbs if real_dbs is not None else synthesize(context, gold, n_databases, seed)
+    nocase = value_case == "insensitive"
+    dbs = real_dbs if real_dbs is not None else synthesize(context, gold, n_databases, seed, nocase)
     try:
         return _execution_verdicts(out, dbs, gold, pred, timeout_s, max_rows)
     finally:
@@ -393,8 +395,11 @@ def score_rows(
     timeout_s: float = 2.0,
     db_dir: str | os.PathLike | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
+    value_case: str = "exact",
 ) -> tuple[dict, list[dict]]:
-    """Score ``predictions[i]`` against ``rows[i]``; returns (summary, per-example)."""
+    """Score ``predictions[i]`` against ``rows[i]``; returns (summary, per-example).
+    ``value_case``: exact (SQLite's binary ``=``) or insensitive (text values compare case-blind in
+    the synthesized databases; refused with ``db_dir``, whose databases keep their own collation)."""
     if len(rows) != len(predictions):
         raise SqltuneError(
             f"{len(rows)} data rows but {len(predictions)} predictions; give one prediction per row"
@@ -405,7 +410,13 @@ def score_rows(
         raise SqltuneError(f"timeout must be positive (got {timeout_s})")
     if db_dir is not None and not Path(db_dir).is_dir():
         raise SqltuneError(f"--db-dir {db_dir} is not a directory; point it at the folder of <db_id>.sqlite files")
-    opts = dict(n_databases=n_databases, seed=seed, timeout_s=timeout_s, db_dir=db_dir, max_rows=max_rows)
+    if value_case not in ("exact", "insensitive"):
+        raise SqltuneError(f"value case must be exact or insensitive (got {value_case!r})")
+    if value_case == "insensitive" and db_dir is not None:
+        raise SqltuneError("case-insensitive values apply to synthesized databases only; real databases "
+                           "(--db-dir) keep their own collation: drop one of the two")
+    opts = dict(n_databases=n_databases, seed=seed, timeout_s=timeout_s, db_dir=db_dir, max_rows=max_rows,
+                value_case=value_case)
     per_example = [_score_one((i, r, p, opts)) for i, (r, p) in enumerate(zip(rows, predictions))]
     summary = summarize(per_example)
     summary["settings"] = {
@@ -413,5 +424,6 @@ def score_rows(
         "seed": seed,
         "timeout_s": timeout_s,
         "db_dir": str(db_dir) if db_dir is not None else None,
+        "value_case": value_case,
     }
     return summary, per_example

@@ -587,11 +587,28 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def build_database(plan: Plan, data: dict[str, list[tuple]]) -> sqlite3.Connection:
-    """A hardened in-memory SQLite database holding ``data``."""
+NOCASE = "SQLTUNE_NOCASE"
+
+
+def _nocase(a: str, b: str) -> int:
+    # SQLite's own NOCASE folds ASCII only; str.lower folds every script (Cyrillic, accents).
+    a, b = a.lower(), b.lower()
+    return (a > b) - (a < b)
+
+
+def _column_def(name: str, affinity: str, nocase: bool) -> str:
+    collate = f" COLLATE {NOCASE}" if nocase and affinity == "TEXT" else ""
+    return f"{_quote(name)} {affinity}{collate}"
+
+
+def build_database(plan: Plan, data: dict[str, list[tuple]], nocase: bool = False) -> sqlite3.Connection:
+    """A hardened in-memory SQLite database holding ``data``. ``nocase``: text columns compare
+    case-blind (=, IN, ORDER BY, GROUP BY), as WikiSQL's evaluator does."""
     conn = sqlite3.connect(":memory:", check_same_thread=False)
+    if nocase:
+        conn.create_collation(NOCASE, _nocase)
     for table, cols in plan.tables:
-        conn.execute(f"CREATE TABLE {_quote(table)} ({', '.join(f'{_quote(c)} {a}' for c, a in cols)})")
+        conn.execute(f"CREATE TABLE {_quote(table)} ({', '.join(_column_def(c, a, nocase) for c, a in cols)})")
         rows = data.get(table) or []
         if rows:
             marks = ", ".join("?" * len(cols))
@@ -600,9 +617,10 @@ def build_database(plan: Plan, data: dict[str, list[tuple]]) -> sqlite3.Connecti
     return harden(conn)
 
 
-def synthesize(context: str, gold_sql: str, n_databases: int = 8, seed: int = 0) -> list[sqlite3.Connection]:
+def synthesize(context: str, gold_sql: str, n_databases: int = 8, seed: int = 0,
+               nocase: bool = False) -> list[sqlite3.Connection]:
     """``n_databases`` hardened in-memory databases for ``context`` whose values
     are seeded from ``gold_sql`` (see the module docstring). Deterministic given
     ``seed``. Raises ``SqltuneError`` if the context is not valid DDL."""
     plan = build_plan(context, gold_sql)
-    return [build_database(plan, plan_rows(plan, i, seed)) for i in range(n_databases)]
+    return [build_database(plan, plan_rows(plan, i, seed), nocase) for i in range(n_databases)]

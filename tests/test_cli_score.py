@@ -160,3 +160,19 @@ def test_out_not_written_on_error(files):
     preds = write_jsonl(tmp / "short.jsonl", [{"prediction": "SELECT 1"}])
     proc = run_cli("score", "--data", str(data), "--predictions", str(preds), "--out", str(out))
     assert proc.returncode == 2 and not out.exists()
+
+
+def test_value_case_option(tmp_path):
+    """--value-case insensitive forgives only the value's case; exact stays the default."""
+    data = write_jsonl(tmp_path / "data.jsonl", DATA[2:])
+    preds = write_jsonl(tmp_path / "preds.jsonl",
+                        [{"prediction": "SELECT name FROM head WHERE born_state = 'alabama'"}])
+    args = ["score", "--data", str(data), "--predictions", str(preds)]
+    scores = {}
+    for extra in ([], ["--value-case", "insensitive"]):
+        done = run_cli(*args, *extra)
+        assert done.returncode == 0, done.stderr
+        scores[tuple(extra)] = json.loads(done.stdout)["execution_accuracy"]
+    assert scores == {(): 0.0, ("--value-case", "insensitive"): 1.0}
+    bad = run_cli(*args, "--value-case", "insensitive", "--db-dir", str(tmp_path))
+    assert bad.returncode == 2 and "synthesized databases only" in bad.stderr and "Traceback" not in bad.stderr

@@ -111,3 +111,21 @@ def test_eval_compile_needs_a_static_cache():
         parse_params(d)
     d["evaluate"]["cache"] = "static"
     assert parse_params(d).evaluate.compile
+
+
+def test_test_offset_needs_a_test_dataset():
+    d = base()
+    d["prepare"]["test_offset"] = 100
+    with pytest.raises(SqltuneError, match="test_offset needs test_dataset"):
+        parse_params(d)
+    d["prepare"]["test_dataset"] = "dev.jsonl"
+    assert parse_params(d).prepare.test_offset == 100
+
+
+def test_case_insensitive_values_are_for_synthesized_databases_only():
+    d = base()
+    d["evaluate"].update(value_case="insensitive", db_dir="dbs")
+    with pytest.raises(SqltuneError, match="value_case: insensitive applies to synthesized databases only"):
+        parse_params(d)
+    d["evaluate"]["db_dir"] = None
+    assert parse_params(d).evaluate.value_case == "insensitive"

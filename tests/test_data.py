@@ -157,3 +157,23 @@ def test_plain_template_for_models_without_one(tokenizer_dir):
     full = tok.apply_chat_template(msgs["prompt"] + msgs["completion"], tokenize=False)
     assert prompt == "<|im_start|>Tables:\nCREATE TABLE t (a INTEGER)\n\n### Question:\nQ?\n\n### SQL:\n"
     assert full == prompt + "SELECT a FROM t<|im_end|>"
+
+
+def test_test_offset_takes_a_disjoint_slice_and_keeps_train(tmp_path):
+    """A tuning slice (offset) never overlaps the reported one (offset 0), and the train rows do not
+    depend on the slice, so DVC reuses the trained model."""
+    # a third of the test rows share head0's schema with the train source
+    test_rows = [{**r, "question": "T " + r["question"], "context": r["context"].replace("head1", "tail1")
+                  .replace("head2", "tail2")} for r in ROWS]
+    f, g = write(tmp_path, "jsonl"), tmp_path / "test.jsonl"
+    g.write_text("\n".join(json.dumps(r) for r in test_rows))
+    for split in ("random", "schema_disjoint"):
+        p = params(dataset=str(f), test_dataset=str(g), train_size=10, test_size=5, split=split)
+        train0, test0, _ = build_splits(p, 0)
+        train1, test1, _ = build_splits(p.model_copy(update={"test_offset": 5}), 0)
+        assert len(test1) == 5 and not {r["question"] for r in test0} & {r["question"] for r in test1}
+        assert train0 == train1
+        if split == "schema_disjoint":  # held out even where this slice has no head0 row
+            assert "head0" not in {r["context"].split()[2] for r in train0}
+    with pytest.raises(SqltuneError, match=r"prepare.test_offset \(28\) exceeds"):
+        build_splits(p.model_copy(update={"test_offset": 28}), 0)

@@ -155,6 +155,24 @@ def test_wrong_literal_case_is_wrong():
     assert not out["execution_match"]
 
 
+def test_case_insensitive_values_forgive_case_only():
+    """WikiSQL's rule: the value's case is forgiven, nothing else is; exact match is unchanged."""
+    gold = "SELECT name FROM singer WHERE country = 'France'"
+    nocase = {**OPTS, "value_case": "insensitive"}
+    out = score_example(row(gold), "SELECT name FROM singer WHERE country = 'fRANCE'", **nocase)
+    assert out["execution_match"] and not out["exact_match"]
+    assert not score_example(row(gold), "SELECT name FROM singer WHERE country = 'Franc'", **nocase)["execution_match"]
+    assert not score_example(row(gold), "SELECT country FROM singer WHERE country = 'france'", **nocase)["execution_match"]
+    # Unicode folds too, not only ASCII (SQLite's own NOCASE would miss this)
+    gold = "SELECT name FROM singer WHERE country = 'Россия'"
+    assert score_example(row(gold), "SELECT name FROM singer WHERE country = 'россия'", **nocase)["execution_match"]
+
+
+def test_case_insensitive_values_refuse_real_databases(tmp_path):
+    with pytest.raises(SqltuneError, match="synthesized databases only"):
+        score_rows([row("SELECT 1")], ["SELECT 1"], db_dir=tmp_path, value_case="insensitive")
+
+
 def test_undecidable_is_not_a_pass():
     gold = "SELECT name FROM singer WHERE age > 5 AND age < 3"
     out = score_example(row(gold), gold, **OPTS)

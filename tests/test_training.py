@@ -148,3 +148,34 @@ def test_partial_checkpointing_recomputes_every_nth_layer(tiny_model_dir, tmp_pa
     trainer.train()
     flags = [layer.gradient_checkpointing for layer in trainer.model.get_base_model().model.layers]
     assert flags.count(True) == 1 and len(flags) == 2
+
+
+def test_group_by_length_batches_rows_of_similar_length(tiny_model_dir, tmp_path):
+    """group_by_length reaches the stage's trainer, whose batches then carry far less padding than
+    the same rows in random order; tokenize_procs becomes TRL's dataset_num_proc."""
+    import random
+
+    import yaml
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sqltune.config import parse_params
+    from sqltune.training import build_trainer
+
+    rng = random.Random(0)
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": "word " * rng.choice((2, 40, 90))}],
+                               "completion": [{"role": "assistant", "content": "SELECT 1"}]} for _ in range(96)])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def padding_share(group: bool) -> float:
+        data = yaml.safe_load(open(Path(__file__).parents[1] / "params.yaml"))
+        data["train"]["trainer"].update(packing=False, group_by_length=group, per_device_batch_size=8,
+                                        precision="fp32", tokenize_procs=2 if group else 1)
+        trainer = build_trainer(parse_params(data), model, tok, rows, tmp_path / str(group), max_steps=1)
+        assert trainer.args.dataset_num_proc == (2 if group else None)
+        masks = [b["attention_mask"] for b in trainer.get_train_dataloader()]
+        return 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+
+    grouped, shuffled = padding_share(True), padding_share(False)
+    assert grouped < shuffled / 2, (grouped, shuffled)
