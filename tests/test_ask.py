@@ -87,23 +87,88 @@ def test_predict_prints_only_sql(tiny_model_dir, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) <= 1
 
 
-def test_geoquery_real_question_end_to_end(shared_dir, tiny_model_dir, capsys, monkeypatch, tmp_path):
+GEO_REQUESTS = [("what is the capital of texas", "SELECT capital FROM state WHERE state_name = 'texas'"),
+                ("delete all cities", "DELETE FROM city")]
+
+
+@pytest.fixture(scope="module")
+def geo_model(tmp_path_factory):
+    """A merged model made by the train and merge stages (their scripts, as `dvc repro` runs them)
+    from a 2-layer random model, taught the two GEO_REQUESTS by heart, with the schema exactly as
+    `ask` reads it from geography.sqlite."""
+    import subprocess
+    import sys
+
+    import torch
+    import yaml
+    from dvc_project import ROOT, deep_update, env
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from sqltune.config import DEFAULT_SYSTEM_PROMPT
+    from sqltune.data import to_messages
+    from sqltune.io import write_jsonl
+    from sqltune.modeling import embedded_gguf
+
+    geo_db = ROOT.parent / "shared/benchmarks/geoquery/geography.sqlite"
+    if not geo_db.is_file():
+        pytest.skip("../shared is absent")
+    d = tmp_path_factory.mktemp("geo")
+    torch.manual_seed(0)
+    # No pad token: LlamaModel zeroes the padding row of the (tied) embedding, and with pad = EOS,
+    # as in tiny_model_dir, the model could never learn to stop.
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
+                      pad_token_id=None, tie_word_embeddings=True, initializer_range=0.2)
+    LlamaForCausalLM(cfg).save_pretrained(d / "base-model")
+    gguf = embedded_gguf("smollm2-135m-instruct")
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(d / "base-model")
+
+    schema = ask.schema_of(ask.open_read_only(geo_db))
+    rows = [{"question": q, "context": schema, "answer": a,
+             **to_messages({"question": q, "context": schema, "answer": a}, DEFAULT_SYSTEM_PROMPT)}
+            for q, a in GEO_REQUESTS]
+    write_jsonl(d / "train.jsonl", rows * 4)
+    write_jsonl(d / "test.jsonl", rows)
+    params = deep_update(yaml.safe_load((ROOT / "params.yaml").read_text()), {
+        "model": {"name": str(d / "base-model"), "source": "local"},
+        "train": {"lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+                  "trainer": {"epochs": 15, "learning_rate": 0.01, "lr_scheduler": "constant", "warmup_ratio": 0.0,
+                              "packing": False, "per_device_batch_size": 2, "precision": "fp32",
+                              "logging_steps": 10, "save_steps": 10000}},
+        "evaluate": {"max_new_tokens": 32}, "merge": {"parity_samples": 2}})
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    common = ["--params", str(d / "params.yaml"), "--base-cache", str(d / "cache"), "--adapter", str(d / "adapter")]
+    for cmd in (["stages/train.py", "--data", str(d / "train.jsonl"), "--checkpoints", str(d / "ckpt"),
+                 "--live", str(d / "live")],
+                ["stages/merge.py", "--data", str(d / "test.jsonl"), "--out", str(d / "merged"),
+                 "--metrics", str(d / "merge.json"), "--eval-metrics", str(d / "none.json")]):
+        done = subprocess.run([sys.executable, *cmd, *common], cwd=ROOT, env=env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return d / "merged"
+
+
+def test_geoquery_real_question_end_to_end(shared_dir, geo_model, capsys, tmp_path):
+    """No stub: `ask` prompts a real (merged) model with the schema it reads from the real GeoQuery
+    database, generates greedily, runs the SQL read-only and prints the answer; the model's answer to
+    a destructive request is a real DELETE, refused, and the file is unchanged. The 2-layer model
+    knows no SQL, it learnt these two answers by heart: the test checks that ask's prompt is the
+    training prompt token for token and everything after it (model skill: README "Real GPU run")."""
     import shutil
 
     db = tmp_path / "geography.sqlite"
     shutil.copy(shared_dir / "benchmarks/geoquery/geography.sqlite", db)
     before = sha(db)
-    seen = {}
 
-    def fake_predict(model, tok, prompt, schema, question, max_new_tokens):
-        seen["schema"] = schema  # what the model would be prompted with
-        return "SELECT capital FROM state WHERE state_name = 'texas'"
+    def ask_cli(question):
+        with pytest.raises(SystemExit) as exc:
+            main(["ask", "--db", str(db), "--model", str(geo_model), "--max-new-tokens", "32", question])
+        out = capsys.readouterr()
+        return exc.value.code, out.out, out.err
 
-    monkeypatch.setattr(ask, "predict_sql", fake_predict)
-    code, out, _ = run_ask(db, tiny_model_dir, "what is the capital of texas", capsys)
-    assert code == 0 and "austin" in out
-    assert "CREATE TABLE" in seen["schema"] and "state_name" in seen["schema"]
-    monkeypatch.setattr(ask, "predict_sql", lambda *a, **k: "DELETE FROM city")
-    code, _, err = run_ask(db, tiny_model_dir, "delete all cities", capsys)
-    assert code == 2 and "refused" in err
+    code, out, err = ask_cli(GEO_REQUESTS[0][0])
+    assert code == 0, err
+    assert [line.rstrip() for line in out.splitlines()] == [f"SQL: {GEO_REQUESTS[0][1]}", "capital", "-------",
+                                                            "austin", "(1 row)"]
+    code, _, err = ask_cli(GEO_REQUESTS[1][0])
+    assert code == 2 and "refused to run the generated SQL" in err and "DELETE FROM city" in err
     assert sha(db) == before
