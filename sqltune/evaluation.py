@@ -30,6 +30,7 @@ def predict_and_score(model, tok, rows: list[dict], params: Params) -> tuple[dic
         rows, preds, n_databases=e.n_databases, seed=params.seed,
         timeout_s=e.query_timeout_s, db_dir=e.db_dir, value_case=e.value_case,
     )
+    summary["scoring_seconds"] = round(time.perf_counter() - t0 - gen_s, 2)
     summary["generation_seconds"] = round(gen_s, 2)
     summary["samples_per_second"] = round(len(rows) / gen_s, 2) if gen_s > 0 else None
     return summary, per_example

@@ -1,0 +1,60 @@
+"""The GPU run's record on main becomes a branch that DVC compares with the CPU default, and the
+recorded numbers are the ones the README reports."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dvc_project import env
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD = ROOT / "metrics/runs/gpu-smollm2-wikisql"
+
+
+def git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("needs the project's git history")
+    dest = tmp_path_factory.mktemp("clone") / "repo"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    # the working tree's record, also before it is committed
+    shutil.rmtree(dest / "metrics/runs", ignore_errors=True)
+    shutil.copytree(ROOT / "metrics/runs", dest / "metrics/runs")
+    return dest
+
+
+def test_record_is_consistent():
+    info = json.loads((RECORD / "run-info.json").read_text())
+    ev = json.loads((RECORD / "metrics/eval/metrics.json").read_text())["finetuned"]
+    train = json.loads((RECORD / "metrics/train/metrics.json").read_text())
+    assert ev["n"] == 1000 and ev["n_correct"] == round(ev["execution_accuracy"] * ev["n_decidable"])
+    assert train["train"]["runtime"] == pytest.approx(info["train_runtime_s"], abs=0.01)
+    preds = (RECORD / "metrics/predictions.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in preds]
+    assert len(rows) == 1000 and sum(r["execution_match"] for r in rows) == ev["n_correct"]
+    # ../shared's questions and gold SQL are not committed
+    assert not {"question", "gold"} & set(rows[0])
+    readme = (ROOT / "README.md").read_text()
+    assert f"**{ev['execution_accuracy']:.3f}**" in readme and f"**{info['train_runtime_s']:.1f} s**" in readme
+
+
+def test_record_branch_compares_with_dvc(clone):
+    done = subprocess.run(["bash", "scripts/gpu/record_branch.sh", "gpu-smollm2-wikisql"], cwd=clone,
+                          capture_output=True, text=True, env=env())
+    assert done.returncode == 0, done.stderr
+    files = git("ls-tree", "-r", "--name-only", "gpu-smollm2-wikisql", cwd=clone).split()
+    assert "dvc.lock" in files and "metrics/eval/metrics.json" in files and "metrics/merge.json" not in files
+    diff = subprocess.run(["dvc", "metrics", "diff", "HEAD", "gpu-smollm2-wikisql", "--json"], cwd=clone,
+                          capture_output=True, text=True, env=env())
+    assert diff.returncode == 0, diff.stderr
+    ev = json.loads(diff.stdout)["metrics/eval/metrics.json"]
+    assert ev["finetuned.execution_accuracy"]["new"] == pytest.approx(0.779)
+    bad = subprocess.run(["bash", "scripts/gpu/record_branch.sh", "nope"], cwd=clone, capture_output=True, text=True)
+    assert bad.returncode == 2 and "metrics/runs" in bad.stderr
