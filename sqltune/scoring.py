@@ -310,8 +310,11 @@ def score_example(
     pred = extract_sql(prediction_text if isinstance(prediction_text, str) else "")
     context, real_dbs = _context_and_real_db(row, db_id, db_dir)
     out = _static_verdicts(row, gold, pred, context, db_id)
-    nocase = value_case == "insensitive"
-    dbs = real_dbs if real_dbs is not None else synthesize(context, gold, n_databases, seed, nocase)
+    if real_dbs is None:
+        dbs = synthesize(context, gold, n_databases, seed, nocase=value_case == "insensitive",
+                         ascii_queries=gold.isascii() and pred.isascii())
+    else:
+        dbs = real_dbs
     try:
         return _execution_verdicts(out, dbs, gold, pred, timeout_s, max_rows)
     finally:

@@ -168,6 +168,25 @@ def test_case_insensitive_values_forgive_case_only():
     assert score_example(row(gold), "SELECT name FROM singer WHERE country = 'россия'", **nocase)["execution_match"]
 
 
+def test_builtin_and_unicode_case_folds_agree_on_ascii():
+    """ASCII queries over ASCII data run with SQLite's C-level NOCASE; it must give exactly the rows
+    the Unicode-aware Python collation gives (matching, ordering, grouping, distinct)."""
+    from sqltune.synth import build_database
+
+    gold = "SELECT name, country FROM singer WHERE country = 'France' OR name > 'M' ORDER BY name"
+    plan = build_plan(CTX, gold)
+    queries = [gold, "SELECT name FROM singer WHERE country = 'fRANCE'", "SELECT name FROM singer ORDER BY name",
+               "SELECT country, count(*) FROM singer GROUP BY country ORDER BY country",
+               "SELECT DISTINCT country FROM singer WHERE name < 'b'", "SELECT name FROM singer WHERE country IN ('FRANCE')"]
+    for i in range(4):
+        data = plan_rows(plan, i, 0)
+        fast, slow = build_database(plan, data, True, ascii_queries=True), build_database(plan, data, True)
+        assert "COLLATE NOCASE" in fast.execute("SELECT sql FROM sqlite_master").fetchone()[0]
+        assert "COLLATE SQLTUNE_NOCASE" in slow.execute("SELECT sql FROM sqlite_master").fetchone()[0]
+        for q in queries:
+            assert run_query(fast, q).rows == run_query(slow, q).rows, q
+
+
 def test_case_insensitive_values_refuse_real_databases(tmp_path):
     with pytest.raises(SqltuneError, match="synthesized databases only"):
         score_rows([row("SELECT 1")], ["SELECT 1"], db_dir=tmp_path, value_case="insensitive")
