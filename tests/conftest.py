@@ -32,18 +32,6 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tokenizer_dir, tmp_path_factory) -> Path:
     """A 2-layer random Llama with the real tokenizer: real code paths, CPU-fast."""
-    import shutil
+    from dvc_project import tiny_llama
 
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
-                      initializer_range=0.2)  # larger than default so greedy outputs vary by prompt
-    out = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    for f in tokenizer_dir.iterdir():
-        shutil.copy(f, out / f.name)
-    return out
+    return tiny_llama(tmp_path_factory.mktemp("tiny"), tokenizer_dir)

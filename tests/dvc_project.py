@@ -49,3 +49,19 @@ def make_project(dest: Path, overrides: dict) -> Path:
     run(["git", "add", "-A"], dest)
     run(GIT + ["commit", "-q", "-m", "project"], dest)
     return dest
+
+
+def tiny_llama(out: Path, tokenizer_dir: Path, pad_token_id: int | None = 2) -> Path:
+    """A 2-layer random Llama with the embedded model's real tokenizer: real code paths, CPU-fast."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=pad_token_id, tie_word_embeddings=True,
+                      initializer_range=0.2)  # larger than default so greedy outputs vary by prompt
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, out / f.name)
+    return out

@@ -92,36 +92,27 @@ GEO_REQUESTS = [("what is the capital of texas", "SELECT capital FROM state WHER
 
 
 @pytest.fixture(scope="module")
-def geo_model(tmp_path_factory):
+def geo_model(tokenizer_dir, tmp_path_factory):
     """A merged model made by the train and merge stages (their scripts, as `dvc repro` runs them)
     from a 2-layer random model, taught the two GEO_REQUESTS by heart, with the schema exactly as
     `ask` reads it from geography.sqlite."""
     import subprocess
     import sys
 
-    import torch
     import yaml
-    from dvc_project import ROOT, deep_update, env
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from dvc_project import ROOT, deep_update, env, tiny_llama
 
     from sqltune.config import DEFAULT_SYSTEM_PROMPT
     from sqltune.data import to_messages
     from sqltune.io import write_jsonl
-    from sqltune.modeling import embedded_gguf
 
     geo_db = ROOT.parent / "shared/benchmarks/geoquery/geography.sqlite"
     if not geo_db.is_file():
         pytest.skip("../shared is absent")
     d = tmp_path_factory.mktemp("geo")
-    torch.manual_seed(0)
     # No pad token: LlamaModel zeroes the padding row of the (tied) embedding, and with pad = EOS,
     # as in tiny_model_dir, the model could never learn to stop.
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
-                      pad_token_id=None, tie_word_embeddings=True, initializer_range=0.2)
-    LlamaForCausalLM(cfg).save_pretrained(d / "base-model")
-    gguf = embedded_gguf("smollm2-135m-instruct")
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(d / "base-model")
+    tiny_llama(d / "base-model", tokenizer_dir, pad_token_id=None)
 
     schema = ask.schema_of(ask.open_read_only(geo_db))
     rows = [{"question": q, "context": schema, "answer": a,
