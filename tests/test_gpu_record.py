@@ -62,3 +62,21 @@ def test_record_branch_compares_with_dvc(clone):
     assert ev["finetuned.execution_accuracy"]["new"] == pytest.approx(0.832)
     bad = subprocess.run(["bash", "scripts/gpu/record_branch.sh", "nope"], cwd=clone, capture_output=True, text=True)
     assert bad.returncode == 2 and "metrics/runs" in bad.stderr
+
+
+def test_tuning_table_matches_the_experiment_records():
+    """Each tuning experiment's README row shows its recorded numbers, and every one of them was
+    scored on the tuning slice (test_offset 1000), never on the reported rows."""
+    import yaml
+
+    readme = (ROOT / "README.md").read_text().splitlines()
+    records = sorted((ROOT / "metrics/runs/gpu-tuning").glob("t-*"))
+    assert len(records) == 7
+    for rec in records:
+        ev = json.loads((rec / "metrics/eval/metrics.json").read_text())["finetuned"]
+        runtime = json.loads((rec / "metrics/train/metrics.json").read_text())["train"]["runtime"]
+        assert yaml.safe_load((rec / "params.yaml").read_text())["prepare"]["test_offset"] == 1000
+        row = next(line for line in readme if line.startswith(f"| {rec.name} |"))
+        cells = [c.strip("* ") for c in row.split("|")]
+        assert f"{ev['execution_accuracy']:.3f}" in cells and f"{ev['exact_match']:.3f}" in cells, row
+        assert f"{runtime:.1f} s" in cells, row

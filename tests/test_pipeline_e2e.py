@@ -80,3 +80,32 @@ def test_merged_model_loads_and_answers_with_its_chat_template(project):
 def test_lora_param_reruns_train_and_downstream_not_prepare(project):
     out = run(["dvc", "exp", "run", "-S", "train.lora.r=8"], project)
     assert stages_run(out) == ["train", "evaluate", "merge"]
+
+
+def test_gpu_exp_script_runs_a_named_experiment_and_packs_exp_show(project, tmp_path):
+    """scripts/gpu/exp.sh, as the GPU run used it: `dvc exp run -n NAME -S ...` from the baseline
+    params (not the previous experiment's), then `dvc exp show` and the metrics in one tarball."""
+    import subprocess
+    import tarfile
+
+    from dvc_project import ROOT, env
+
+    state, out = tmp_path / "state", tmp_path / "out"
+    state.mkdir()
+    (state / "baseline-params.yaml").write_text((project / "params.yaml").read_text())
+    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("n_databases: 2", "n_databases: 5"))
+    done = subprocess.run(["bash", str(ROOT / "scripts/gpu/exp.sh"), "gpu-like", "evaluate", "evaluate.n_databases=4"],
+                          env={**env(), "SQLTUNE_GPU_WS": str(project), "SQLTUNE_GPU_STATE": str(state), "OUT": str(out)},
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with tarfile.open(out / "exps.tar.gz") as tar:
+        names = set(tar.getnames())
+        shown = json.load(tar.extractfile("exps/exp-show.json"))
+        info = json.load(tar.extractfile("exps/gpu-like/run-info.json"))
+    assert {"exps/gpu-like/metrics/eval/metrics.json", "exps/gpu-like/dvc.lock", "exps/exp-show.md"} <= names
+    assert info["rc"] == 0 and info["overrides"] == ["evaluate.n_databases=4"]
+    exps = [e for rev in shown for e in (rev.get("experiments") or []) if e.get("name") == "gpu-like"]
+    assert exps, "the experiment is not in dvc exp show"
+    params = exps[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
+    assert params["evaluate"]["n_databases"] == 4  # the override, on the baseline's params (not the 5 left in the workspace)
+    assert params["evaluate"]["max_new_tokens"] == 24
