@@ -15,6 +15,19 @@ def make_ckpt(root, step, files=("trainer_state.json", "adapter_model.safetensor
     return d
 
 
+def stage_trainer(model, tok, rows, out_dir, **trainer_params):
+    """The train stage's SFTTrainer (build_trainer) on the default params.yaml with these
+    train.trainer keys changed, for one step."""
+    import yaml
+
+    from sqltune.config import parse_params
+    from sqltune.training import build_trainer
+
+    data = yaml.safe_load(open(Path(__file__).parents[1] / "params.yaml"))
+    data["train"]["trainer"].update(trainer_params)
+    return build_trainer(parse_params(data), model, tok, rows, out_dir, max_steps=1)
+
+
 def test_newest_complete_checkpoint_wins(tmp_path):
     mark_run(tmp_path, "fp")
     make_ckpt(tmp_path, 10)
@@ -129,22 +142,15 @@ def test_trainer_levers_reach_the_sft_config(tmp_path, monkeypatch):
 
 def test_partial_checkpointing_recomputes_every_nth_layer(tiny_model_dir, tmp_path):
     """Through the stage's own trainer: with every_n_layers=2, one of the two layers is checkpointed."""
-    import yaml
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sqltune.config import parse_params
-    from sqltune.training import build_trainer
-
-    data = yaml.safe_load(open(Path(__file__).parents[1] / "params.yaml"))
-    data["train"]["trainer"].update(gradient_checkpointing=True, checkpoint_every_n_layers=2, max_length=64,
-                                    per_device_batch_size=1, precision="fp32")
-    params = parse_params(data)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"q{i}"}],
                                "completion": [{"role": "assistant", "content": "SELECT 1"}]} for i in range(4)])
-    trainer = build_trainer(params, model, tok, rows, tmp_path, max_steps=1)
+    trainer = stage_trainer(model, tok, rows, tmp_path, gradient_checkpointing=True, checkpoint_every_n_layers=2,
+                            max_length=64, per_device_batch_size=1, precision="fp32")
     trainer.train()
     flags = [layer.gradient_checkpointing for layer in trainer.model.get_base_model().model.layers]
     assert flags.count(True) == 1 and len(flags) == 2
@@ -155,12 +161,8 @@ def test_group_by_length_batches_rows_of_similar_length(tiny_model_dir, tmp_path
     the same rows in random order; tokenize_procs becomes TRL's dataset_num_proc."""
     import random
 
-    import yaml
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sqltune.config import parse_params
-    from sqltune.training import build_trainer
 
     rng = random.Random(0)
     rows = Dataset.from_list([{"prompt": [{"role": "user", "content": "word " * rng.choice((2, 40, 90))}],
@@ -169,10 +171,8 @@ def test_group_by_length_batches_rows_of_similar_length(tiny_model_dir, tmp_path
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
 
     def padding_share(group: bool) -> float:
-        data = yaml.safe_load(open(Path(__file__).parents[1] / "params.yaml"))
-        data["train"]["trainer"].update(packing=False, group_by_length=group, per_device_batch_size=8,
-                                        precision="fp32", tokenize_procs=2 if group else 1)
-        trainer = build_trainer(parse_params(data), model, tok, rows, tmp_path / str(group), max_steps=1)
+        trainer = stage_trainer(model, tok, rows, tmp_path / str(group), packing=False, group_by_length=group,
+                                per_device_batch_size=8, precision="fp32", tokenize_procs=2 if group else 1)
         assert trainer.args.dataset_num_proc == (2 if group else None)
         masks = [b["attention_mask"] for b in trainer.get_train_dataloader()]
         return 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
@@ -184,12 +184,8 @@ def test_group_by_length_batches_rows_of_similar_length(tiny_model_dir, tmp_path
 def test_completion_only_loss_param_decides_which_tokens_carry_loss(tiny_model_dir, tmp_path):
     """train.trainer.completion_only_loss reaches TRL: true masks the prompt out of the loss, false
     trains on every token of the row."""
-    import yaml
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sqltune.config import parse_params
-    from sqltune.training import build_trainer
 
     rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"how many rows in t{i}"}],
                                "completion": [{"role": "assistant", "content": "SELECT 1"}]} for i in range(4)])
@@ -197,10 +193,8 @@ def test_completion_only_loss_param_decides_which_tokens_carry_loss(tiny_model_d
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
 
     def trained_share(completion_only: bool) -> float:
-        data = yaml.safe_load(open(Path(__file__).parents[1] / "params.yaml"))
-        data["train"]["trainer"].update(packing=False, per_device_batch_size=4, precision="fp32",
-                                        completion_only_loss=completion_only)
-        trainer = build_trainer(parse_params(data), model, tok, rows, tmp_path / str(completion_only), max_steps=1)
+        trainer = stage_trainer(model, tok, rows, tmp_path / str(completion_only), packing=False,
+                                per_device_batch_size=4, precision="fp32", completion_only_loss=completion_only)
         batch = next(iter(trainer.get_train_dataloader()))
         real = batch["attention_mask"].bool()
         return float((batch["labels"][real] != -100).float().mean())
