@@ -67,7 +67,11 @@ def count_params(config) -> int:
 
 # Setup-only switches that are not params: `kbit_prepare` runs PEFT's prepare_model_for_kbit_training
 # as older QLoRA recipes do (it upcasts the embedding, norms and head to fp32), to measure its cost.
-BENCH_KEYS = ("kbit_prepare",)
+# `lora_input_cast` turns PEFT's cast of each LoRA input to fp32 back on (the stage turns it off
+# under autocast), to compare with what the stage ran before.
+# `sft.NAME=value` sets an SFTConfig field the params don't expose (say sft.dataloader_num_workers=4),
+# to measure a lever before it becomes a param.
+BENCH_KEYS = ("kbit_prepare", "lora_input_cast")
 
 
 def apply_overrides(data: dict, spec: str) -> tuple[dict, dict]:
@@ -75,7 +79,7 @@ def apply_overrides(data: dict, spec: str) -> tuple[dict, dict]:
     for item in filter(None, spec.split(",")):
         key, value = item.split("=", 1)
         value = value == "true" if value in ("true", "false") else json.loads(value) if value[:1] in "0123456789-[{" else value
-        if key in BENCH_KEYS:
+        if key in BENCH_KEYS or key.startswith("sft."):
             extra[key] = value
             continue
         from sqltune.config import LoraParams, ModelParams, TrainerParams
@@ -90,16 +94,42 @@ def apply_overrides(data: dict, spec: str) -> tuple[dict, dict]:
 
 
 class TokenCounter:
-    """Wraps the trainer's collator: counts the real (non-padding) tokens it emits."""
+    """Wraps the trainer's training step: counts the real (non-padding) tokens of each batch, and all
+    positions. Counted at the step, not in the collator, which runs in dataloader workers when there
+    are any; kept on the device, so counting adds no sync."""
 
-    def __init__(self, collate):
-        self.collate, self.tokens = collate, 0
+    def __init__(self, step):
+        self.step, self.tokens, self.positions = step, 0, 0
 
-    def __call__(self, examples):
-        batch = self.collate(examples)
-        mask = batch.get("attention_mask")  # absent when padding-free: every token is real
-        self.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-        return batch
+    def __call__(self, model, inputs, *args, **kwargs):
+        mask = inputs.get("attention_mask")  # absent when padding-free: every token is real
+        self.tokens = self.tokens + (mask.sum() if mask is not None else inputs["input_ids"].numel())
+        self.positions += inputs["input_ids"].numel()
+        return self.step(model, inputs, *args, **kwargs)
+
+
+def write_profile(prof, wall_s: float, out_dir: str, name: str) -> None:
+    """Two steps' kernel and operator tables, and how much of the wall time the GPU was busy: a
+    GPU busy far less than the wall means the host (Python, launches, syncs, data) is the limit."""
+    import gzip
+
+    from torch.autograd import DeviceType
+
+    events = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = (f"{name}: 2 steps, wall {wall_s * 1e3:.1f} ms, GPU kernels {gpu_us / 1e3:.1f} ms "
+            f"({gpu_us / 1e6 / wall_s:.0%} busy)\n\n"
+            + events.table(sort_by="self_device_time_total", row_limit=45, max_name_column_width=70) + "\n\n"
+            + events.table(sort_by="cpu_time_total", row_limit=45, max_name_column_width=70) + "\n")
+    (out / f"profile-{name}.txt").write_text(text)
+    trace = out / f"trace-{name}.json"
+    prof.export_chrome_trace(str(trace))
+    with open(trace, "rb") as src, gzip.open(f"{trace}.gz", "wb") as dst:
+        dst.write(src.read())
+    trace.unlink()
+    print(text[:200], flush=True)
 
 
 def run_setup(name, params, model_dir, tok, rows, steps, warmup, extra=None, profile=False, **overrides):
@@ -128,26 +158,39 @@ def run_setup(name, params, model_dir, tok, rows, steps, warmup, extra=None, pro
             if cuda:
                 torch.cuda.synchronize()
             if state.global_step == warmup:
-                marks["t0"], marks["tok0"] = time.perf_counter(), counter.tokens
+                marks["t0"], marks["tok0"] = time.perf_counter(), int(counter.tokens)
             if state.global_step == warmup + steps:
-                marks["t1"], marks["tok1"] = time.perf_counter(), counter.tokens
-                control.should_training_stop = True
-            if profile and state.global_step == warmup:
-                marks["prof"] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+                marks["t1"], marks["tok1"] = time.perf_counter(), int(counter.tokens)
+                control.should_training_stop = not profile
+            # Profiled after the timed steps: the profiler's own overhead stays out of the numbers
+            if profile and state.global_step == warmup + steps:
+                acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+                marks["prof"] = torch.profiler.profile(activities=acts)
                 marks["prof"].__enter__()
-            if profile and state.global_step == warmup + 2:
+                marks["prof_t0"] = time.perf_counter()
+            if profile and state.global_step == warmup + steps + 2:
                 marks["prof"].__exit__(None, None, None)
-                print(marks.pop("prof").key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
+                write_profile(marks.pop("prof"), time.perf_counter() - marks["prof_t0"], profile, name)
+                control.should_training_stop = True
 
+    sft = {k[4:]: v for k, v in (extra or {}).items() if k.startswith("sft.")}
     trainer = build_trainer(params, model, tok, data, f"/tmp/bench-{name}", callbacks=[Clock()],
-                            max_steps=warmup + steps, **overrides)  # < save_steps: no checkpoint is written
-    counter = TokenCounter(trainer.data_collator)
-    trainer.data_collator = counter
+                            max_steps=warmup + steps + (2 if profile else 0), **sft, **overrides)  # < save_steps: no checkpoint is written
+    if (extra or {}).get("lora_input_cast"):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for m in trainer.model.modules():
+            if isinstance(m, BaseTunerLayer):
+                m.cast_input_dtype_enabled = True
+    counter = TokenCounter(trainer.training_step)
+    trainer.training_step = counter
     trainer.train()
     tok_s = (marks["tok1"] - marks["tok0"]) / (marks["t1"] - marks["t0"])
+    pos = counter.positions
     n_params = count_params(model.config)
     result = {
-        "setup": name, "real_tokens_per_s": round(tok_s, 1),
+        "setup": name, "real_tokens_per_s": round(tok_s, 1), "steps_per_s": round(steps / (marks["t1"] - marks["t0"]), 3),
+        "real_token_fraction": round(int(counter.tokens) / pos, 3) if pos else None,
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
         "flop_per_token": (8 if tp.gradient_checkpointing else 6) * n_params,
@@ -213,7 +256,8 @@ def main() -> None:
     ap.add_argument("--model-root", default="/tmp/sqltune-bench-models")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--tag", default="", help="suffix of the results file name")
-    ap.add_argument("--profile", action="append", default=[], help="print a CUDA kernel profile of this setup")
+    ap.add_argument("--profile", action="append", default=[],
+                    help="profile two steps of this setup: tables and a trace under --out")
     ap.add_argument("--tokenizer", help="tokenizer folder (default: the embedded model's, from its GGUF)")
     args = ap.parse_args()
 
@@ -230,7 +274,7 @@ def main() -> None:
         params = parse_params(data, path)
         try:
             results.append(run_setup(name, params, model_dir, tok, rows, args.steps, args.warmup, extra,
-                                     profile=name in args.profile))
+                                     profile=args.out if name in args.profile else None))
         except Exception as exc:  # noqa: BLE001 - OOM is a result for a memory policy; any failure of one
             # setup (a kernel that won't build) is recorded so the other setups' numbers survive
             import gc

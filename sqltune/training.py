@@ -47,7 +47,7 @@ def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype, **overr
     import torch
     from trl import SFTConfig
 
-    return SFTConfig(
+    settings = dict(
         output_dir=str(out_dir),
         num_train_epochs=tp.epochs,
         learning_rate=tp.learning_rate,
@@ -79,8 +79,8 @@ def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype, **overr
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
-        **overrides,
     )
+    return SFTConfig(**{**settings, **overrides})  # an override replaces a setting (launcher, bench)
 
 
 def code_files() -> list[Path]:
@@ -207,7 +207,7 @@ def build_trainer(params: Params, model, tok, dataset, out_dir: str | Path, call
     from sqltune.modeling import amp_dtype
 
     tp = params.train.trainer
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=sft_config(tp, out_dir, params.seed, amp_dtype(tp.precision), **overrides),
         train_dataset=dataset,
@@ -215,6 +215,23 @@ def build_trainer(params: Params, model, tok, dataset, out_dir: str | Path, call
         peft_config=lora_config(params.train.lora),
         callbacks=list(callbacks),
     )
+    if trainer.args.bf16 or trainer.args.fp16:
+        keep_lora_inputs(trainer.model)
+    return trainer
+
+
+def keep_lora_inputs(model) -> int:
+    """Under autocast, stop PEFT casting each LoRA layer's input to the adapter's fp32: autocast
+    casts it straight back for the bf16 matmul, so the two copies of every activation (and two of
+    its gradient) change no number, yet were the largest GPU cost of a SmolLM2 step (copy kernels,
+    28% of its GPU time; bench/train_throughput.py --profile). The adapter weights stay fp32.
+    Returns the number of LoRA layers changed."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    return len(layers)
 
 
 def process_state():
