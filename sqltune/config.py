@@ -91,6 +91,9 @@ class TrainerParams(_Strict):
     # packing, whose padding-free batch SDPA attends under one dense block-diagonal mask.
     group_by_length: bool = False
     tokenize_procs: int = Field(default=1, ge=1, le=64)  # processes for TRL's tokenization of the train set
+    # Processes that collate the next batches while the GPU trains: with a small model the step is
+    # bound by the host, and collating 256 rows took 42 ms of a 300 ms SmolLM2 step (profile).
+    dataloader_workers: int = Field(default=0, ge=0, le=64)
     # Loss on the answer (and its end-of-turn) only; false trains on the prompt's schema and question too,
     # which spends the model's capacity on predicting CREATE TABLE text it is always given.
     completion_only_loss: bool = True

@@ -76,7 +76,7 @@ def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype, **overr
         seed=seed,
         data_seed=seed,
         report_to="none",  # dvclive is attached explicitly, at the global step
-        dataloader_num_workers=0,
+        dataloader_num_workers=tp.dataloader_workers,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
     )

