@@ -201,3 +201,74 @@ def test_completion_only_loss_param_decides_which_tokens_carry_loss(tiny_model_d
 
     only, full = trained_share(True), trained_share(False)
     assert full == 1.0 and 0 < only < 0.5, (only, full)
+
+
+def test_lora_layers_keep_bf16_inputs_under_autocast_and_compute_the_same(tiny_model_dir, tmp_path):
+    """With mixed precision the stage's trainer stops PEFT casting LoRA inputs to the adapter's fp32
+    (autocast casts them straight back); fp32 training keeps PEFT's default. The outputs and the
+    adapter's gradients are the same either way."""
+    from datasets import Dataset
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sqltune.training import keep_lora_inputs
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"how many rows in t{i}"}],
+                               "completion": [{"role": "assistant", "content": "SELECT 1"}]} for i in range(4)])
+
+    def lora_casts(precision: str, dtype) -> set[bool]:
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
+        trainer = stage_trainer(model, tok, rows, tmp_path / precision, packing=False, per_device_batch_size=4,
+                                precision=precision)
+        return trainer, {m.cast_input_dtype_enabled for m in trainer.model.modules() if isinstance(m, BaseTunerLayer)}
+
+    trainer, casts = lora_casts("bf16", torch.bfloat16)
+    assert casts == {False}
+    assert lora_casts("fp32", torch.float32)[1] == {True}
+
+    model = trainer.model.eval()  # LoRA dropout off: with it on, its multiply runs in bf16, not fp32
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert lora and all(p.dtype == torch.float32 for p in lora)  # the adapter itself stays fp32
+    for p in lora:  # lora_B starts at zero, which would hide a difference in lora_A's gradient
+        torch.nn.init.normal_(p, std=0.02)
+    batch = {k: v for k, v in next(iter(trainer.get_train_dataloader())).items()
+             if k in ("input_ids", "attention_mask")}
+
+    def run(cast: bool):
+        for m in model.modules():
+            if isinstance(m, BaseTunerLayer):
+                m.cast_input_dtype_enabled = cast
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(**batch).logits
+        logits.float().pow(2).mean().backward()
+        return logits.detach(), [p.grad.clone() for p in lora]
+
+    (out_cast, grads_cast), (out_kept, grads_kept) = run(True), run(False)
+    assert torch.equal(out_cast, out_kept)
+    assert all(torch.equal(a, b) for a, b in zip(grads_cast, grads_kept))
+    assert any(g.abs().sum() > 0 for g in grads_kept)
+    assert keep_lora_inputs(model) == len({id(m) for m in model.modules() if isinstance(m, BaseTunerLayer)})
+
+
+def test_dataloader_workers_collate_in_worker_processes(tiny_model_dir, tmp_path):
+    """train.trainer.dataloader_workers reaches the trainer's DataLoader, whose batches then come
+    from worker processes, identical to the in-process ones."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": "word " * (i % 7)}],
+                               "completion": [{"role": "assistant", "content": "SELECT 1"}]} for i in range(16)])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def batches(workers: int):
+        trainer = stage_trainer(model, tok, rows, tmp_path / str(workers), packing=False, per_device_batch_size=4,
+                                precision="fp32", dataloader_workers=workers)
+        loader = trainer.get_train_dataloader()
+        assert loader.num_workers == workers or getattr(loader, "base_dataloader", loader).num_workers == workers
+        return [b["input_ids"] for b in loader]
+
+    inline, parallel = batches(0), batches(2)
+    assert len(inline) == 4 and all(torch.equal(a, b) for a, b in zip(inline, parallel))
