@@ -260,10 +260,10 @@ def test_dataloader_workers_collate_in_worker_processes(tiny_model_dir, tmp_path
 
     rows = Dataset.from_list([{"prompt": [{"role": "user", "content": "word " * (i % 7)}],
                                "completion": [{"role": "assistant", "content": "SELECT 1"}]} for i in range(16)])
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
 
     def batches(workers: int):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
         trainer = stage_trainer(model, tok, rows, tmp_path / str(workers), packing=False, per_device_batch_size=4,
                                 precision="fp32", dataloader_workers=workers)
         loader = trainer.get_train_dataloader()
