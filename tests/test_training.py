@@ -272,3 +272,31 @@ def test_dataloader_workers_collate_in_worker_processes(tiny_model_dir, tmp_path
 
     inline, parallel = batches(0), batches(2)
     assert len(inline) == 4 and all(torch.equal(a, b) for a, b in zip(inline, parallel))
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_end_of_turn_carries_loss_even_when_it_is_the_pad_token(tiny_model_dir, tmp_path, packing):
+    """EOS handling: every completion ends with the chat template's end-of-turn, which the model
+    must learn to emit to stop. The pad token is that same token here, so a collator that masked
+    labels by token id would drop it from the loss in every row; the stage's trainer keeps it in
+    each row (padded or packed) and masks only the padding after it."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from sqltune.modeling import ResolvedModel, load_tokenizer
+
+    tok = load_tokenizer(ResolvedModel(str(tiny_model_dir), "local"))
+    assert tok.pad_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    answers = ["SELECT 1", "SELECT name FROM singer WHERE age > 30 ORDER BY name", "SELECT COUNT(*) FROM t"]
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"question {i}"}],
+                               "completion": [{"role": "assistant", "content": a}]} for i, a in enumerate(answers)])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    trainer = stage_trainer(model, tok, rows, tmp_path, packing=packing, per_device_batch_size=3,
+                            precision="fp32", max_length=256)
+    batch = next(iter(trainer.get_train_dataloader()))
+    end = tok.pad_token_id
+    trained_ends = int(((batch["input_ids"] == end) & (batch["labels"] != -100)).sum())
+    assert trained_ends == len(answers), batch["labels"]
+    if not packing:  # the padding after the shorter rows' end-of-turn carries no loss
+        pad = batch["attention_mask"] == 0
+        assert pad.any() and (batch["labels"][pad] == -100).all()
