@@ -138,7 +138,7 @@ def run_setup(name, params, model_dir, tok, rows, steps, warmup, extra=None, pro
     from transformers import TrainerCallback
 
     from sqltune.modeling import ResolvedModel, load_model
-    from sqltune.training import build_trainer
+    from sqltune.training import build_trainer, keep_lora_inputs
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -177,11 +177,7 @@ def run_setup(name, params, model_dir, tok, rows, steps, warmup, extra=None, pro
     trainer = build_trainer(params, model, tok, data, f"/tmp/bench-{name}", callbacks=[Clock()],
                             max_steps=warmup + steps + (2 if profile else 0), **sft, **overrides)  # < save_steps: no checkpoint is written
     if (extra or {}).get("lora_input_cast"):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for m in trainer.model.modules():
-            if isinstance(m, BaseTunerLayer):
-                m.cast_input_dtype_enabled = True
+        keep_lora_inputs(trainer.model, keep=False)
     counter = TokenCounter(trainer.training_step)
     trainer.training_step = counter
     trainer.train()

@@ -28,6 +28,16 @@ def stage_trainer(model, tok, rows, out_dir, **trainer_params):
     return build_trainer(parse_params(data), model, tok, rows, out_dir, max_steps=1)
 
 
+def chat_rows(questions, answers=None):
+    """A prompt-completion chat dataset, the shape the prepare stage writes: one user question and
+    one assistant answer (SELECT 1 unless given) per row."""
+    from datasets import Dataset
+
+    answers = answers or ["SELECT 1"] * len(questions)
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": q}],
+                               "completion": [{"role": "assistant", "content": a}]} for q, a in zip(questions, answers)])
+
+
 def test_newest_complete_checkpoint_wins(tmp_path):
     mark_run(tmp_path, "fp")
     make_ckpt(tmp_path, 10)
@@ -142,13 +152,11 @@ def test_trainer_levers_reach_the_sft_config(tmp_path, monkeypatch):
 
 def test_partial_checkpointing_recomputes_every_nth_layer(tiny_model_dir, tmp_path):
     """Through the stage's own trainer: with every_n_layers=2, one of the two layers is checkpointed."""
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"q{i}"}],
-                               "completion": [{"role": "assistant", "content": "SELECT 1"}]} for i in range(4)])
+    rows = chat_rows([f"q{i}" for i in range(4)])
     trainer = stage_trainer(model, tok, rows, tmp_path, gradient_checkpointing=True, checkpoint_every_n_layers=2,
                             max_length=64, per_device_batch_size=1, precision="fp32")
     trainer.train()
@@ -161,12 +169,10 @@ def test_group_by_length_batches_rows_of_similar_length(tiny_model_dir, tmp_path
     the same rows in random order; tokenize_procs becomes TRL's dataset_num_proc."""
     import random
 
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     rng = random.Random(0)
-    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": "word " * rng.choice((2, 40, 90))}],
-                               "completion": [{"role": "assistant", "content": "SELECT 1"}]} for _ in range(96)])
+    rows = chat_rows(["word " * rng.choice((2, 40, 90)) for _ in range(96)])
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
 
@@ -184,11 +190,9 @@ def test_group_by_length_batches_rows_of_similar_length(tiny_model_dir, tmp_path
 def test_completion_only_loss_param_decides_which_tokens_carry_loss(tiny_model_dir, tmp_path):
     """train.trainer.completion_only_loss reaches TRL: true masks the prompt out of the loss, false
     trains on every token of the row."""
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"how many rows in t{i}"}],
-                               "completion": [{"role": "assistant", "content": "SELECT 1"}]} for i in range(4)])
+    rows = chat_rows([f"how many rows in t{i}" for i in range(4)])
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
 
@@ -207,17 +211,15 @@ def test_lora_layers_keep_bf16_inputs_under_autocast_and_compute_the_same(tiny_m
     """With mixed precision the stage's trainer stops PEFT casting LoRA inputs to the adapter's fp32
     (autocast casts them straight back); fp32 training keeps PEFT's default. The outputs and the
     adapter's gradients are the same either way."""
-    from datasets import Dataset
     from peft.tuners.tuners_utils import BaseTunerLayer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sqltune.training import keep_lora_inputs
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"how many rows in t{i}"}],
-                               "completion": [{"role": "assistant", "content": "SELECT 1"}]} for i in range(4)])
+    rows = chat_rows([f"how many rows in t{i}" for i in range(4)])
 
-    def lora_casts(precision: str, dtype) -> set[bool]:
+    def lora_casts(precision: str, dtype):
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
         trainer = stage_trainer(model, tok, rows, tmp_path / precision, packing=False, per_device_batch_size=4,
                                 precision=precision)
@@ -236,9 +238,7 @@ def test_lora_layers_keep_bf16_inputs_under_autocast_and_compute_the_same(tiny_m
              if k in ("input_ids", "attention_mask")}
 
     def run(cast: bool):
-        for m in model.modules():
-            if isinstance(m, BaseTunerLayer):
-                m.cast_input_dtype_enabled = cast
+        keep_lora_inputs(model, keep=not cast)
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = model(**batch).logits
@@ -249,17 +249,15 @@ def test_lora_layers_keep_bf16_inputs_under_autocast_and_compute_the_same(tiny_m
     assert torch.equal(out_cast, out_kept)
     assert all(torch.equal(a, b) for a, b in zip(grads_cast, grads_kept))
     assert any(g.abs().sum() > 0 for g in grads_kept)
-    assert keep_lora_inputs(model) == len({id(m) for m in model.modules() if isinstance(m, BaseTunerLayer)})
+    assert keep_lora_inputs(model) == sum(isinstance(m, BaseTunerLayer) for m in model.modules())
 
 
 def test_dataloader_workers_collate_in_worker_processes(tiny_model_dir, tmp_path):
     """train.trainer.dataloader_workers reaches the trainer's DataLoader, whose batches then come
     from worker processes, identical to the in-process ones."""
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": "word " * (i % 7)}],
-                               "completion": [{"role": "assistant", "content": "SELECT 1"}]} for i in range(16)])
+    rows = chat_rows(["word " * (i % 7) for i in range(16)])
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
 
     def batches(workers: int):
@@ -280,7 +278,6 @@ def test_end_of_turn_carries_loss_even_when_it_is_the_pad_token(tiny_model_dir, 
     must learn to emit to stop. The pad token is that same token here, so a collator that masked
     labels by token id would drop it from the loss in every row; the stage's trainer keeps it in
     each row (padded or packed) and masks only the padding after it."""
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
     from sqltune.modeling import ResolvedModel, load_tokenizer
@@ -288,8 +285,7 @@ def test_end_of_turn_carries_loss_even_when_it_is_the_pad_token(tiny_model_dir, 
     tok = load_tokenizer(ResolvedModel(str(tiny_model_dir), "local"))
     assert tok.pad_token_id == tok.convert_tokens_to_ids("<|im_end|>")
     answers = ["SELECT 1", "SELECT name FROM singer WHERE age > 30 ORDER BY name", "SELECT COUNT(*) FROM t"]
-    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"question {i}"}],
-                               "completion": [{"role": "assistant", "content": a}]} for i, a in enumerate(answers)])
+    rows = chat_rows([f"question {i}" for i in range(len(answers))], answers)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     trainer = stage_trainer(model, tok, rows, tmp_path, packing=packing, per_device_batch_size=3,
                             precision="fp32", max_length=256)
