@@ -97,6 +97,10 @@ class TrainerParams(_Strict):
     # Loss on the answer (and its end-of-turn) only; false trains on the prompt's schema and question too,
     # which spends the model's capacity on predicting CREATE TABLE text it is always given.
     completion_only_loss: bool = True
+    # Loss on the end-of-turn token that closes every answer: it is how the model learns to stop.
+    # false masks it out of the labels, the classic pad-equals-EOS bug, kept only as the measured
+    # ablation of EOS handling (README "Real GPU run"); it makes models worse.
+    end_of_turn_loss: bool = True
     gradient_checkpointing: bool = False
     # With checkpointing on, recompute only every n-th decoder layer and keep the others'
     # activations: spends spare memory on speed (1 = every layer, the least memory).

@@ -136,6 +136,14 @@ def pick_attn(requested: str) -> str:
     return "sdpa"
 
 
+def inference_attn(p: ModelParams) -> ModelParams:
+    """flex_attention pays off in packed training, where it skips the blocks between samples;
+    decoding has no such blocks, so generation uses SDPA, the path the evaluation is measured on."""
+    if p.attn_implementation != "flex_attention":
+        return p
+    return p.model_copy(update={"attn_implementation": "sdpa"})
+
+
 def amp_dtype(precision: str = "auto"):
     """The mixed-precision compute dtype: bf16 where the hardware does it fast (CUDA, or a CPU with
     AMX/AVX512-BF16, about 3x fp32 there), else fp16 on older GPUs, else fp32."""
@@ -204,7 +212,7 @@ def load_base_for_inference(params: Params, base_cache: str | Path):
 
     resolved = resolve_model(params.model, base_cache)
     tok = load_tokenizer(resolved, params.model.revision)
-    model = load_model(resolved, params.model)
+    model = load_model(resolved, inference_attn(params.model))
     if torch.cuda.is_available():
         model.to("cuda")
     return model, tok

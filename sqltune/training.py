@@ -217,7 +217,22 @@ def build_trainer(params: Params, model, tok, dataset, out_dir: str | Path, call
     )
     if trainer.args.bf16 or trainer.args.fp16:
         keep_lora_inputs(trainer.model)
+    if not tp.end_of_turn_loss:
+        trainer.data_collator = MaskToken(trainer.data_collator, tok.eos_token_id)
     return trainer
+
+
+class MaskToken:
+    """Wraps a collator so that one token id never carries loss (train.trainer.end_of_turn_loss:
+    false, the EOS ablation). A class, not a closure: dataloader workers may need to pickle it."""
+
+    def __init__(self, collator, token_id: int):
+        self.collator, self.token_id = collator, token_id
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        batch["labels"] = batch["labels"].masked_fill(batch["input_ids"] == self.token_id, -100)
+        return batch
 
 
 def keep_lora_inputs(model, keep: bool = True) -> int:

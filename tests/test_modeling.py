@@ -62,3 +62,19 @@ def test_embedded_gguf_converts_once(tmp_path):
     assert weights.stat().st_mtime_ns == stamp  # not converted again
     model = AutoModelForCausalLM.from_pretrained(resolved.path)
     assert model.config.num_hidden_layers == 30 and not hasattr(model.config, "quantization_config")
+
+
+@pytest.mark.parametrize("requested, used", [("flex_attention", "sdpa"), ("eager", "eager"), ("sdpa", "sdpa")])
+def test_generation_trades_flex_attention_for_sdpa(tiny_model_dir, tmp_path, requested, used):
+    """flex_attention is for packed training; the evaluate and merge stages load the base model
+    for decoding with SDPA instead, and keep any other choice."""
+    import yaml
+    from pathlib import Path
+
+    from sqltune.config import parse_params
+    from sqltune.modeling import load_base_for_inference
+
+    data = yaml.safe_load(open(Path(__file__).parents[1] / "params.yaml"))
+    data["model"].update(name=str(tiny_model_dir), attn_implementation=requested)
+    model, _ = load_base_for_inference(parse_params(data), tmp_path)
+    assert model.config._attn_implementation == used

@@ -296,3 +296,34 @@ def test_end_of_turn_carries_loss_even_when_it_is_the_pad_token(tiny_model_dir, 
     if not packing:  # the padding after the shorter rows' end-of-turn carries no loss
         pad = batch["attention_mask"] == 0
         assert pad.any() and (batch["labels"][pad] == -100).all()
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_end_of_turn_loss_false_masks_only_the_end_of_turn(tiny_model_dir, tmp_path, packing):
+    """The EOS ablation (train.trainer.end_of_turn_loss: false) drops exactly the end-of-turn from
+    the loss: every other label, and the inputs, match the stage's normal batch. It runs in the
+    dataloader workers too, so it must survive being pickled to them."""
+    import pickle
+
+    from transformers import AutoModelForCausalLM
+
+    from sqltune.modeling import ResolvedModel, load_tokenizer
+
+    tok = load_tokenizer(ResolvedModel(str(tiny_model_dir), "local"))
+    answers = ["SELECT 1", "SELECT name FROM singer WHERE age > 30", "SELECT COUNT(*) FROM t"]
+    rows = chat_rows([f"question {i}" for i in range(len(answers))], answers)
+
+    def batch(end_of_turn_loss, out):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        trainer = stage_trainer(model, tok, rows, tmp_path / out, packing=packing, per_device_batch_size=3,
+                                precision="fp32", max_length=256, end_of_turn_loss=end_of_turn_loss)
+        pickle.loads(pickle.dumps(trainer.data_collator))
+        return next(iter(trainer.get_train_dataloader()))
+
+    kept, masked = batch(True, "kept"), batch(False, "masked")
+    assert torch.equal(kept["input_ids"], masked["input_ids"])
+    end = kept["input_ids"] == tok.eos_token_id
+    changed = kept["labels"] != masked["labels"]
+    assert int((end & (kept["labels"] != -100)).sum()) == len(answers)
+    assert torch.equal(changed, end & (kept["labels"] != -100))
+    assert (masked["labels"][end] == -100).all()
