@@ -71,7 +71,9 @@ def count_params(config) -> int:
 # under autocast), to compare with what the stage ran before.
 # `sft.NAME=value` sets an SFTConfig field the params don't expose (say sft.dataloader_num_workers=4),
 # to measure a lever before it becomes a param.
-BENCH_KEYS = ("kbit_prepare", "lora_input_cast")
+# `sdp_backends=efficient+flash` limits SDPA to those kernels (torch.nn.attention.sdpa_kernel) for the
+# setup: the profile shows cuDNN's attention costing about 2 ms of host time a call.
+BENCH_KEYS = ("kbit_prepare", "lora_input_cast", "sdp_backends")
 
 
 def apply_overrides(data: dict, spec: str) -> tuple[dict, dict]:
@@ -132,6 +134,18 @@ def write_profile(prof, wall_s: float, out_dir: str, name: str) -> None:
     print(text[:200], flush=True)
 
 
+def sdp_backends(spec: str | None):
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if not spec:
+        return contextlib.nullcontext()
+    names = {"efficient": SDPBackend.EFFICIENT_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    return sdpa_kernel([names[n] for n in spec.split("+")])
+
+
 def run_setup(name, params, model_dir, tok, rows, steps, warmup, extra=None, profile=False, **overrides):
     import torch
     from datasets import Dataset
@@ -180,7 +194,8 @@ def run_setup(name, params, model_dir, tok, rows, steps, warmup, extra=None, pro
         keep_lora_inputs(trainer.model, keep=False)
     counter = TokenCounter(trainer.training_step)
     trainer.training_step = counter
-    trainer.train()
+    with sdp_backends((extra or {}).get("sdp_backends")):
+        trainer.train()
     tok_s = (marks["tok1"] - marks["tok0"]) / (marks["t1"] - marks["t0"])
     pos = counter.positions
     n_params = count_params(model.config)

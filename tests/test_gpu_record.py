@@ -75,7 +75,7 @@ def test_tuning_table_matches_the_experiment_records():
 
     readme = (ROOT / "README.md").read_text().splitlines()
     records = sorted((ROOT / "metrics/runs/gpu-tuning").glob("t-*"))
-    assert len(records) == 9
+    assert len(records) == 13
     for rec in records:
         ev = json.loads((rec / "metrics/eval/metrics.json").read_text())["finetuned"]
         runtime = json.loads((rec / "metrics/train/metrics.json").read_text())["train"]["runtime"]
