@@ -58,6 +58,7 @@ def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype, **overr
         per_device_train_batch_size=tp.per_device_batch_size,
         gradient_accumulation_steps=tp.gradient_accumulation_steps,
         max_length=tp.max_length,
+        pad_to_multiple_of=tp.pad_to_multiple_of,
         packing=tp.packing,
         train_sampling_strategy="group_by_length" if tp.group_by_length else "random",
         dataset_num_proc=tp.tokenize_procs if tp.tokenize_procs > 1 else None,

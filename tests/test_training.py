@@ -327,3 +327,27 @@ def test_end_of_turn_loss_false_masks_only_the_end_of_turn(tiny_model_dir, tmp_p
     assert int((end & (kept["labels"] != -100)).sum()) == len(answers)
     assert torch.equal(changed, end & (kept["labels"] != -100))
     assert (masked["labels"][end] == -100).all()
+
+
+def test_pad_to_multiple_of_rounds_the_batch_length_up(tiny_model_dir, tmp_path):
+    """train.trainer.pad_to_multiple_of reaches TRL's collator: the batch is padded to a multiple of
+    it (fewer distinct shapes), and the extra positions are masked and carry no loss."""
+    from transformers import AutoModelForCausalLM
+
+    from sqltune.modeling import ResolvedModel, load_tokenizer
+
+    tok = load_tokenizer(ResolvedModel(str(tiny_model_dir), "local"))
+    rows = chat_rows(["question one", "a longer question about the singers"], ["SELECT 1", "SELECT name FROM singer"])
+
+    def batch(multiple, out):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        trainer = stage_trainer(model, tok, rows, tmp_path / out, packing=False, per_device_batch_size=2,
+                                precision="fp32", max_length=256, pad_to_multiple_of=multiple)
+        return next(iter(trainer.get_train_dataloader()))
+
+    plain, padded = batch(None, "plain"), batch(64, "padded")
+    width = plain["input_ids"].shape[1]
+    assert width % 64 and padded["input_ids"].shape[1] == 64 * -(-width // 64)
+    assert torch.equal(padded["input_ids"][:, :width], plain["input_ids"])
+    assert (padded["attention_mask"][:, width:] == 0).all() and (padded["labels"][:, width:] == -100).all()
+    assert torch.equal(padded["labels"][:, :width], plain["labels"])
