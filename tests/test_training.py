@@ -28,6 +28,15 @@ def stage_trainer(model, tok, rows, out_dir, **trainer_params):
     return build_trainer(parse_params(data), model, tok, rows, out_dir, max_steps=1)
 
 
+def first_batch(model_dir, tok, rows, out_dir, **trainer_params):
+    """The stage's fp32 trainer on a fresh copy of the model at model_dir, and its first batch."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    trainer = stage_trainer(model, tok, rows, out_dir, precision="fp32", **trainer_params)
+    return trainer, next(iter(trainer.get_train_dataloader()))
+
+
 def chat_rows(questions, answers=None):
     """A prompt-completion chat dataset, the shape the prepare stage writes: one user question and
     one assistant answer (SELECT 1 unless given) per row."""
@@ -278,18 +287,13 @@ def test_end_of_turn_carries_loss_even_when_it_is_the_pad_token(tiny_model_dir, 
     must learn to emit to stop. The pad token is that same token here, so a collator that masked
     labels by token id would drop it from the loss in every row; the stage's trainer keeps it in
     each row (padded or packed) and masks only the padding after it."""
-    from transformers import AutoModelForCausalLM
-
     from sqltune.modeling import ResolvedModel, load_tokenizer
 
     tok = load_tokenizer(ResolvedModel(str(tiny_model_dir), "local"))
     assert tok.pad_token_id == tok.convert_tokens_to_ids("<|im_end|>")
     answers = ["SELECT 1", "SELECT name FROM singer WHERE age > 30 ORDER BY name", "SELECT COUNT(*) FROM t"]
     rows = chat_rows([f"question {i}" for i in range(len(answers))], answers)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    trainer = stage_trainer(model, tok, rows, tmp_path, packing=packing, per_device_batch_size=3,
-                            precision="fp32", max_length=256)
-    batch = next(iter(trainer.get_train_dataloader()))
+    _, batch = first_batch(tiny_model_dir, tok, rows, tmp_path, packing=packing, per_device_batch_size=3, max_length=256)
     end = tok.pad_token_id
     trained_ends = int(((batch["input_ids"] == end) & (batch["labels"] != -100)).sum())
     assert trained_ends == len(answers), batch["labels"]
@@ -305,8 +309,6 @@ def test_end_of_turn_loss_false_masks_only_the_end_of_turn(tiny_model_dir, tmp_p
     dataloader workers too, so it must survive being pickled to them."""
     import pickle
 
-    from transformers import AutoModelForCausalLM
-
     from sqltune.modeling import ResolvedModel, load_tokenizer
 
     tok = load_tokenizer(ResolvedModel(str(tiny_model_dir), "local"))
@@ -314,11 +316,10 @@ def test_end_of_turn_loss_false_masks_only_the_end_of_turn(tiny_model_dir, tmp_p
     rows = chat_rows([f"question {i}" for i in range(len(answers))], answers)
 
     def batch(end_of_turn_loss, out):
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-        trainer = stage_trainer(model, tok, rows, tmp_path / out, packing=packing, per_device_batch_size=3,
-                                precision="fp32", max_length=256, end_of_turn_loss=end_of_turn_loss)
+        trainer, first = first_batch(tiny_model_dir, tok, rows, tmp_path / out, packing=packing, per_device_batch_size=3,
+                                     max_length=256, end_of_turn_loss=end_of_turn_loss)
         pickle.loads(pickle.dumps(trainer.data_collator))
-        return next(iter(trainer.get_train_dataloader()))
+        return first
 
     kept, masked = batch(True, "kept"), batch(False, "masked")
     assert torch.equal(kept["input_ids"], masked["input_ids"])
@@ -332,18 +333,14 @@ def test_end_of_turn_loss_false_masks_only_the_end_of_turn(tiny_model_dir, tmp_p
 def test_pad_to_multiple_of_rounds_the_batch_length_up(tiny_model_dir, tmp_path):
     """train.trainer.pad_to_multiple_of reaches TRL's collator: the batch is padded to a multiple of
     it (fewer distinct shapes), and the extra positions are masked and carry no loss."""
-    from transformers import AutoModelForCausalLM
-
     from sqltune.modeling import ResolvedModel, load_tokenizer
 
     tok = load_tokenizer(ResolvedModel(str(tiny_model_dir), "local"))
     rows = chat_rows(["question one", "a longer question about the singers"], ["SELECT 1", "SELECT name FROM singer"])
 
     def batch(multiple, out):
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-        trainer = stage_trainer(model, tok, rows, tmp_path / out, packing=False, per_device_batch_size=2,
-                                precision="fp32", max_length=256, pad_to_multiple_of=multiple)
-        return next(iter(trainer.get_train_dataloader()))
+        return first_batch(tiny_model_dir, tok, rows, tmp_path / out, packing=False, per_device_batch_size=2,
+                           max_length=256, pad_to_multiple_of=multiple)[1]
 
     plain, padded = batch(None, "plain"), batch(64, "padded")
     width = plain["input_ids"].shape[1]
