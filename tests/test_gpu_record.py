@@ -4,6 +4,7 @@ recorded numbers are the ones the README reports."""
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,28 @@ def test_tuning_table_matches_the_experiment_records():
         cells = [c.strip("* ") for c in row.split("|")]
         assert f"{ev['execution_accuracy']:.3f}" in cells and f"{ev['exact_match']:.3f}" in cells, row
         assert f"{runtime:.1f} s" in cells, row
+
+
+def test_record_rescores_from_its_own_predictions(shared_dir, tmp_path):
+    """The record's accuracy follows from its committed predictions: the reported rows, rebuilt from
+    ../shared by the prepare stage with the record's params, re-score to the run's execution accuracy
+    under WikiSQL's value rule, and to the README's strict number under SQLite's case-sensitive `=`."""
+    from sqltune.io import read_jsonl
+    from sqltune.scoring import score_rows
+
+    done = subprocess.run([sys.executable, "stages/prepare.py", "--params", str(RECORD / "params.yaml"),
+                           "--out", str(tmp_path / "prep"), "--stats", str(tmp_path / "stats.json")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = read_jsonl(tmp_path / "prep/test.jsonl")
+    preds = [r for r in read_jsonl(RECORD / "metrics/predictions.jsonl") if r["model"] == "finetuned"]
+    assert [p["index"] for p in preds] == list(range(len(rows)))
+    info = json.loads((RECORD / "run-info.json").read_text())
+    ev = json.loads((RECORD / "metrics/eval/metrics.json").read_text())["finetuned"]
+    texts = [p["prediction"] for p in preds]
+    lenient, _ = score_rows(rows, texts, seed=42, value_case="insensitive")
+    strict, _ = score_rows(rows, texts, seed=42, value_case="exact")
+    assert lenient["n_correct"] == ev["n_correct"] and lenient["exact_match"] == ev["exact_match"]
+    assert strict["execution_accuracy"] == pytest.approx(info["execution_accuracy_strict"], abs=5e-4)
+    readme = (ROOT / "README.md").read_text()
+    assert f"| execution accuracy, SQLite's case-sensitive `=` | {info['execution_accuracy_strict']:.3f} |" in readme
