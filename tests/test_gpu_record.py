@@ -91,6 +91,7 @@ def test_record_rescores_from_its_own_predictions(shared_dir, tmp_path):
     """The record's accuracy follows from its committed predictions: the reported rows, rebuilt from
     ../shared by the prepare stage with the record's params, re-score to the run's execution accuracy
     under WikiSQL's value rule, and to the README's strict number under SQLite's case-sensitive `=`."""
+    from sqltune.config import load_params
     from sqltune.io import read_jsonl
     from sqltune.scoring import score_rows
 
@@ -104,8 +105,10 @@ def test_record_rescores_from_its_own_predictions(shared_dir, tmp_path):
     info = json.loads((RECORD / "run-info.json").read_text())
     ev = json.loads((RECORD / "metrics/eval/metrics.json").read_text())["finetuned"]
     texts = [p["prediction"] for p in preds]
-    lenient, _ = score_rows(rows, texts, seed=42, value_case="insensitive")
-    strict, _ = score_rows(rows, texts, seed=42, value_case="exact")
+    params = load_params(RECORD / "params.yaml")  # the run's own scoring settings
+    opts = dict(n_databases=params.evaluate.n_databases, seed=params.seed, timeout_s=params.evaluate.query_timeout_s)
+    lenient, _ = score_rows(rows, texts, value_case="insensitive", **opts)
+    strict, _ = score_rows(rows, texts, value_case="exact", **opts)
     assert lenient["n_correct"] == ev["n_correct"] and lenient["exact_match"] == ev["exact_match"]
     assert strict["execution_accuracy"] == pytest.approx(info["execution_accuracy_strict"], abs=5e-4)
     readme = (ROOT / "README.md").read_text()
