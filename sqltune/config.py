@@ -87,8 +87,8 @@ class TrainerParams(_Strict):
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     max_length: int = Field(default=1024, gt=8)
     # Pad each batch's length up to a multiple of this (null: to its longest row). Fewer distinct
-    # shapes: on CUDA each new shape has a first-use cost (cuDNN's attention plans, mostly), and a
-    # fresh process ran the SmolLM2 preset 2.3x faster at 64 than unpadded (bench/results/*-fresh_*.json).
+    # shapes: on CUDA each new shape has a first-use cost (cuDNN's attention plans, mostly); at 64
+    # the SmolLM2 GPU preset trained 18% more steps/s end to end (README "Real GPU run").
     pad_to_multiple_of: Optional[int] = Field(default=None, gt=0)
     packing: bool = True
     # Batches of rows of similar length (transformers' LengthGroupedSampler): little padding without
