@@ -3,15 +3,21 @@
 The file is read once per stage into ``Params``. Unknown keys, wrong types and
 out-of-range values are all reported together in one ``SqltuneError`` so a user
 fixes everything in one edit instead of one error per run.
+
+Reading is strict on purpose: the YAML loader refuses what only a broken or hostile
+file holds (deep nesting, aliases, duplicate keys), and the models take a number only
+as a number: no ``true`` for 1, no quoted "8", no ``.inf`` or ``.nan``.
 """
 
 from __future__ import annotations
 
+import reprlib
+import string
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from sqltune.errors import SqltuneError
 
@@ -20,10 +26,157 @@ DEFAULT_SYSTEM_PROMPT = (
     "over these tables, and nothing else.\n\n{context}"
 )
 
+# A params file is a few KB of settings; a far larger file is the wrong file, and the pure-Python
+# YAML parser (needed for the depth and alias checks) would spend seconds and much memory on it.
+MAX_FILE_BYTES = 256 * 1024
+# params.yaml nests three levels (train.trainer.epochs); PyYAML's composer recurses once per level
+# and would hit Python's recursion limit on a file of brackets.
+MAX_DEPTH = 32
+# numpy's seeding (transformers.set_seed) takes only 0 <= seed < 2**32.
+SEED_LIMIT = 2**32
+# TRL's padding-free batches index their tokens with int32 offsets (cu_seq_lens), so one batch
+# (per_device_batch_size x max_length tokens) must stay below 2**31.
+BATCH_TOKEN_LIMIT = 2**31
+
+
+# ---------------------------------------------------------------- reading the YAML
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML that a params file never needs; reported with its line, without 'not valid YAML'."""
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing nesting deeper than MAX_DEPTH, anchors and aliases (a few
+    lines of nested aliases expand to gigabytes; params need neither), merge keys, and duplicate
+    keys at any depth (PyYAML would keep the last one silently). Bad scalars (`!!int 0xZZ`, a
+    date with month 13, an integer of thousands of digits) become marked errors, not tracebacks."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._path: list = []  # the keys (nodes) and sequence indices down to the node being composed
+
+    def _dotted(self, key: yaml.Node) -> str:
+        parts = [p.value if isinstance(p, yaml.ScalarNode) else p for p in self._path if p is not None]
+        return ".".join(str(p) for p in [*parts, key.value])
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if event.anchor is not None:  # an anchor (&name) or an alias (*name)
+            raise _Refused(problem=f"YAML anchors and aliases (&{event.anchor}, *{event.anchor}) are not "
+                           "allowed in params; write the value out in full", problem_mark=event.start_mark)
+        if len(self._path) >= MAX_DEPTH:
+            raise _Refused(problem=f"nested more than {MAX_DEPTH} levels deep; params nest a few levels "
+                           "(section, subsection, key): close the brackets or fix the indentation",
+                           problem_mark=event.start_mark)
+        self._path.append(index)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        first_line: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":
+                raise _Refused(problem="merge keys (<<) are not allowed in params; write the keys out in full",
+                               problem_mark=key.start_mark)
+            if not isinstance(key, yaml.ScalarNode):
+                continue  # an unhashable key: the constructor refuses it
+            if (key.tag, key.value) in first_line:
+                raise _Refused(problem=f"duplicate key {self._dotted(key)} (first at line "
+                               f"{first_line[key.tag, key.value] + 1}); keep only one of them",
+                               problem_mark=key.start_mark)
+            first_line[key.tag, key.value] = key.start_mark.line
+        return node
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise _Refused(problem=f"{reprlib.repr(node.value)} is not a usable {kind}; fix the value "
+                           "(or quote it, to make it text)", problem_mark=node.start_mark) from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SqltuneError(f"cannot read {path}: {exc.strerror}; check that it is a readable file") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SqltuneError(f"{path} is larger than {MAX_FILE_BYTES // 1024} KiB, far more than a params file "
+                           "holds; point at a params.yaml (copy one from presets/)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SqltuneError(f"{path} is not UTF-8 text (byte {exc.start + 1}, line {line}); "
+                           "re-save it as UTF-8") from None
+
+
+def _read_yaml(path: Path) -> object:
+    text = _read_text(path)
+    try:
+        return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+    except _Refused as exc:
+        mark = exc.problem_mark
+        raise SqltuneError(f"{path}, line {mark.line + 1}, column {mark.column + 1}: {exc.problem}") from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise SqltuneError(f"{path} holds the character U+{exc.character:04X}, which YAML does not allow, at "
+                           f"line {line}; delete it (or write it as an escape inside double quotes)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SqltuneError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+
+
+# ---------------------------------------------------------------- field types
+
+
+def _or_auto(kind: type, what: str, lo: int | None = None, hi: int | None = None):
+    """A `kind` value (bool or int, within lo..hi) or the string 'auto'. Checked up front so that a bad
+    value gets one message, not one per branch of the union."""
+
+    def check(v):
+        # type() rather than isinstance: a bool is an int to Python, never a count here.
+        if v == "auto" or (type(v) is kind and (lo is None or v >= lo) and (hi is None or v <= hi)):
+            return v
+        raise ValueError(f"must be {what} or 'auto'")
+
+    return Annotated[kind | Literal["auto"], BeforeValidator(check)]
+
+
+def _only_context_placeholder(prompt: str) -> str:
+    # The prompt goes through str.format(context=...): any other field would raise a KeyError or
+    # IndexError on the first row, and a stray brace a ValueError.
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(prompt) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"unbalanced brace ({exc}); for a literal brace, double it: {{{{ or }}}}") from None
+    for name, spec, conv in fields:
+        if (name, spec, conv) != ("context", "", None):
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"{shown} is not a placeholder here, only {{context}} (the CREATE TABLE "
+                             "statements) is; for a literal brace, double it: {{ or }}")
+    if not fields:
+        raise ValueError("system_prompt must contain the placeholder {context} (where the CREATE TABLE "
+                         "statements go)")
+    return prompt
+
+
+SystemPrompt = Annotated[str, AfterValidator(_only_context_placeholder)]
+
 
 class _Strict(BaseModel):
     # forbid: a typo such as `learning_rte` must fail, not be silently ignored.
-    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    # strict: a value has the type it says (`train_size: true` is not 1, `epochs: "2"` not 2); an int
+    # still stands for a float. No inf or nan: every float here is a finite quantity (a rate, a
+    # ratio, a norm, seconds), and .inf would silently mean "no limit" where a limit is the point.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
 
 
 class ModelParams(_Strict):
@@ -38,6 +191,9 @@ class ModelParams(_Strict):
 class PrepareParams(_Strict):
     dataset: str = Field(min_length=1)
     hub_split: str = "train"
+    # The revision (branch, tag or commit) of a hub `dataset`: pinned, a rerun reads the same rows even
+    # after the dataset's owner pushes new ones. null = the latest.
+    revision: Optional[str] = Field(default=None, min_length=1)
     test_dataset: Optional[str] = None
     train_size: int = Field(gt=0)
     test_size: int = Field(gt=0)
@@ -46,13 +202,7 @@ class PrepareParams(_Strict):
     test_offset: int = Field(default=0, ge=0)
     split: Literal["random", "schema_disjoint"] = "random"
     max_dropped_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-
-    @model_validator(mode="after")
-    def _prompt_has_context(self):
-        if "{context}" not in self.system_prompt:
-            raise ValueError("system_prompt must contain the placeholder {context}")
-        return self
+    system_prompt: SystemPrompt = DEFAULT_SYSTEM_PROMPT
 
     @model_validator(mode="after")
     def _offset_needs_test_dataset(self):
@@ -77,7 +227,9 @@ class LoraParams(_Strict):
 
 
 class TrainerParams(_Strict):
-    epochs: float = Field(gt=0)
+    # Bounded far above any real run: transformers counts ceil(epochs x steps per epoch) steps, which
+    # overflows for an absurd float only once training starts.
+    epochs: float = Field(gt=0, le=10_000)
     learning_rate: float = Field(gt=0, lt=1)
     lr_scheduler: Literal["constant", "linear", "cosine", "constant_with_warmup"] = "constant"
     warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -87,8 +239,8 @@ class TrainerParams(_Strict):
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     max_length: int = Field(default=1024, gt=8)
     # Pad each batch's length up to a multiple of this (null: to its longest row). Fewer distinct
-    # shapes: on CUDA each new shape has a first-use cost (cuDNN's attention plans, mostly); at 64
-    # the SmolLM2 GPU preset trained 18% more steps/s end to end (README "Real GPU run").
+    # shapes: on CUDA each new shape has a first-use cost (cuDNN's attention plans, mostly), which
+    # the SmolLM2 GPU preset's end-to-end run measured (README "Real GPU run").
     pad_to_multiple_of: Optional[int] = Field(default=None, gt=0)
     packing: bool = True
     # Batches of rows of similar length (transformers' LengthGroupedSampler): little padding without
@@ -96,7 +248,7 @@ class TrainerParams(_Strict):
     group_by_length: bool = False
     tokenize_procs: int = Field(default=1, ge=1, le=64)  # processes for TRL's tokenization of the train set
     # Processes that collate the next batches while the GPU trains: with a small model the step is
-    # bound by the host, and collating 256 rows took 42 ms of a 300 ms SmolLM2 step (profile).
+    # bound by the host, and collating a large batch of rows is a sizeable share of it (profile).
     dataloader_workers: int = Field(default=0, ge=0, le=64)
     # Loss on the answer (and its end-of-turn) only; false trains on the prompt's schema and question too,
     # which spends the model's capacity on predicting CREATE TABLE text it is always given.
@@ -111,27 +263,33 @@ class TrainerParams(_Strict):
     checkpoint_every_n_layers: int = Field(default=1, ge=1)
     # Liger's Triton kernels for RMSNorm, SwiGLU and RoPE (less memory, fewer launches). auto = on
     # when CUDA is present and liger_kernel imports. TRL already fuses the LM head and loss.
-    use_liger_kernel: bool | Literal["auto"] = "auto"
+    use_liger_kernel: _or_auto(bool, "true, false") = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     optim: str = "adamw_torch"
     logging_steps: int = Field(default=5, gt=0)
     save_steps: int = Field(default=50, gt=0)
     save_total_limit: int = Field(default=2, gt=0)
 
+    @model_validator(mode="after")
+    def _batch_shape(self):
+        if self.per_device_batch_size * self.max_length >= BATCH_TOKEN_LIMIT:
+            raise ValueError(f"per_device_batch_size x max_length ({self.per_device_batch_size} x {self.max_length}) "
+                             f"must stay below 2**31 tokens, the most one batch can index (TRL's int32 offsets); "
+                             "lower one of them")
+        # Every batch would be padded past max_length: memory for nothing, and positions past the
+        # model's range.
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of > self.max_length:
+            raise ValueError(f"pad_to_multiple_of ({self.pad_to_multiple_of}) exceeds max_length ({self.max_length}); "
+                             "use a divisor of max_length such as 64, or null")
+        return self
+
 
 class LauncherParams(_Strict):
     # More than one process: the train stage re-execs under `accelerate launch` (sqltune.launch).
     # auto = one per visible CUDA GPU. The global batch is per_device_batch_size x grad-accum x this.
-    num_processes: int | Literal["auto"] = 1
+    num_processes: _or_auto(int, "a number of processes (1 or more)", lo=1) = 1
     strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: a model copy per GPU; fsdp: sharded (FSDP-QLoRA)
     fsdp_offload_params: bool = False  # fsdp only: keep sharded weights in CPU RAM
-
-    @field_validator("num_processes", mode="before")
-    @classmethod
-    def _count(cls, v):
-        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError("must be a number of processes (1 or more) or 'auto'")
-        return v
 
 
 class TrainParams(_Strict):
@@ -156,7 +314,7 @@ class EvaluateParams(_Strict):
     # Token budget of one generation batch: rows x (longest prompt of the batch + max_new_tokens).
     # `auto`: from the free GPU memory after loading and the model's KV-cache bytes per token
     # (sqltune.generation.token_budget); a fixed 4096 on CPU.
-    batch_tokens: int | Literal["auto"] = "auto"
+    batch_tokens: _or_auto(int, "a positive number of tokens", lo=1) = "auto"
     max_batch_size: int = Field(default=256, gt=0)  # cap on rows per batch, whatever the budget
     # static: a fixed-size KV cache, which lets `compile` compile (and CUDA-graph) the decoding step.
     cache: Literal["dynamic", "static"] = "dynamic"
@@ -170,6 +328,9 @@ class EvaluateParams(_Strict):
     # insensitive: string values compare case-blind in the synthesized databases (WikiSQL's own rule:
     # its evaluator lower-cases condition values). Exact match is unaffected.
     value_case: Literal["exact", "insensitive"] = "exact"
+    # Processes that score predictions in parallel: scoring runs every query on several SQLite
+    # databases, CPU-bound work that splits across cores. auto = all of them (os.cpu_count()).
+    score_workers: _or_auto(int, "a number of processes from 1 to 256", lo=1, hi=256) = "auto"
 
     @model_validator(mode="after")
     def _value_case_synth_only(self):
@@ -177,14 +338,6 @@ class EvaluateParams(_Strict):
             raise ValueError("value_case: insensitive applies to synthesized databases only; a real database "
                              "in db_dir keeps its own collation (set value_case: exact)")
         return self
-
-    @field_validator("batch_tokens", mode="before")
-    @classmethod
-    def _budget(cls, v):
-        # One clear message instead of one per branch of the int | "auto" union.
-        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-            raise ValueError("must be a positive number of tokens or 'auto'")
-        return v
 
     @model_validator(mode="after")
     def _compile_needs_static_cache(self):
@@ -199,12 +352,24 @@ class MergeParams(_Strict):
 
 
 class Params(_Strict):
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, lt=SEED_LIMIT)
     model: ModelParams
     prepare: PrepareParams
     train: TrainParams
     evaluate: EvaluateParams = EvaluateParams()
     merge: MergeParams = MergeParams()
+
+
+# Pydantic's type messages say what was expected; these also say how to write it in YAML.
+_TYPE_HINTS = {
+    "int_type": "must be a whole number such as 8 (unquoted, no fraction)",
+    "float_type": "must be a number such as 0.001 (unquoted)",
+    "finite_number": "must be a finite number, not .inf or .nan",
+    "bool_type": "must be true or false",
+    "string_type": "must be text (quote a value that YAML reads as a number, date or boolean)",
+}
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60  # a long system_prompt stays a readable part of one line
 
 
 def _format_errors(err: ValidationError) -> str:
@@ -217,8 +382,10 @@ def _format_errors(err: ValidationError) -> str:
             lines.append(f"  - {path}: required key is missing")
         else:
             got = e.get("input")
-            got = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"  - {path}: {e['msg']}{got}")
+            got = "" if isinstance(got, dict) else f" (got {_REPR.repr(got)})"
+            # A validator's own message, without pydantic's "Value error, " prefix.
+            msg = str(e["ctx"]["error"]) if e["type"] == "value_error" else _TYPE_HINTS.get(e["type"], e["msg"])
+            lines.append(f"  - {path}: {msg}{got}")
     return "\n".join(lines)
 
 
@@ -238,10 +405,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise SqltuneError(f"{path} not found; run from the project root or copy a preset from presets/")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SqltuneError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    return parse_params(data, str(path))
+    return parse_params(_read_yaml(path), str(path))
