@@ -7,15 +7,20 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
+import sqlglot
+from sqlglot.errors import SqlglotError
+
 from sqltune.config import PrepareParams
 from sqltune.errors import SqltuneError
 from sqltune.io import read_jsonl
-from sqltune.sql import parse, schema_tables
+from sqltune.sql import DIALECT, is_read_only, parse, schema_tables
 
 REQUIRED_COLUMNS = ("question", "context", "answer")
 OPTIONAL_COLUMNS = ("db_id", "source")
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 EMBEDDED = "embedded"
+# Why clean_rows drops a row; every one is a data error and counts toward max_dropped_fraction.
+DROP_REASONS = ("empty_field", "invalid_context_ddl", "unparsable_sql", "destructive_sql")
 
 
 def embedded_path() -> Path:
@@ -30,9 +35,10 @@ def _load_with_datasets(builder_or_id: str, **kwargs) -> list[dict]:
         ds = datasets.load_dataset(builder_or_id, **kwargs)
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        at = f" at revision {kwargs['revision']!r}" if kwargs.get("revision") else ""
         raise SqltuneError(
-            f"could not load dataset {kwargs.get('data_files', builder_or_id)!r}: {first}. "
-            "Check the name or path; hub ids need network access (set prepare.dataset to a local "
+            f"could not load dataset {kwargs.get('data_files', builder_or_id)!r}{at}: {first}. "
+            "Check the name, revision or path; hub ids need network access (set prepare.dataset to a local "
             "file or 'embedded' to work offline)"
         ) from None
     except datasets.exceptions.DatasetGenerationError as exc:
@@ -41,8 +47,9 @@ def _load_with_datasets(builder_or_id: str, **kwargs) -> list[dict]:
     return [dict(r) for r in ds]
 
 
-def load_rows(spec: str, hub_split: str = "train") -> list[dict]:
-    """Load raw rows from 'embedded', a local .jsonl/.json/.csv/.parquet file, or a hub id."""
+def load_rows(spec: str, hub_split: str = "train", revision: str | None = None) -> list[dict]:
+    """Load raw rows from 'embedded', a local .jsonl/.json/.csv/.parquet file, or a hub id
+    (``revision``: its branch, tag or commit; local files have none)."""
     if spec == EMBEDDED:
         return read_jsonl(embedded_path())
     path = Path(spec)
@@ -62,7 +69,7 @@ def load_rows(spec: str, hub_split: str = "train") -> list[dict]:
         if path.is_dir():
             return _load_with_datasets(str(path), split=hub_split)
         raise SqltuneError(f"dataset file {spec}: unsupported format; use .jsonl, .json, .csv or .parquet")
-    return _load_with_datasets(spec, split=hub_split)
+    return _load_with_datasets(spec, split=hub_split, revision=revision)
 
 
 def check_columns(rows: list[dict], origin: str) -> None:
@@ -76,8 +83,21 @@ def check_columns(rows: list[dict], origin: str) -> None:
         )
 
 
+def _several_statements(sql: str) -> bool:
+    """Whether ``sql`` is several statements that each parse on their own: a script, not a typo."""
+    try:
+        parts = [s for s in sqlglot.parse(sql, read=DIALECT) if s is not None]
+    except (SqlglotError, RecursionError, ValueError, TypeError, AttributeError):
+        return False
+    parts = [s for s in parts if s.sql(dialect=DIALECT).strip()]  # a trailing comment is no statement
+    return len(parts) > 1 and all(parse(s.sql(dialect=DIALECT)) is not None for s in parts)
+
+
 def clean_rows(rows: list[dict]) -> tuple[list[dict], Counter]:
-    """Keep rows with non-empty text, DDL that parses and SQL that parses; count why others were dropped."""
+    """Keep rows with non-empty text, DDL that parses and one read-only query as the answer; count
+    why others were dropped (DROP_REASONS). The scorer runs queries read-only, so a gold answer that
+    writes, attaches, runs a pragma or chains statements can't be scored, and training on it teaches
+    the model to emit such statements."""
     kept, dropped = [], Counter()
     for row in rows:
         rec = {c: str(row.get(c) or "").strip() for c in REQUIRED_COLUMNS}
@@ -90,7 +110,10 @@ def clean_rows(rows: list[dict]) -> tuple[list[dict], Counter]:
             dropped["invalid_context_ddl"] += 1
             continue
         if parse(rec["answer"]) is None:
-            dropped["unparsable_sql"] += 1
+            dropped["destructive_sql" if _several_statements(rec["answer"]) else "unparsable_sql"] += 1
+            continue
+        if not is_read_only(rec["answer"]):
+            dropped["destructive_sql"] += 1
             continue
         rec.update({c: str(row[c]) for c in OPTIONAL_COLUMNS if row.get(c) not in (None, "")})
         kept.append(rec)
@@ -108,21 +131,63 @@ def to_messages(row: dict, system_prompt: str) -> dict:
     }
 
 
-def split_rows(rows: list[dict], train_size: int, test_size: int, how: str, seed: int, offset: int = 0):
-    """Seeded split. 'schema_disjoint' keeps every context on one side only. ``offset`` skips rows of
-    the shuffled order before the test slice (random split only)."""
-    if train_size + offset + test_size > len(rows):
-        skip = f" + prepare.test_offset ({offset})" if offset else ""
+def question_key(row: dict) -> tuple[str, str]:
+    """What makes two rows the same exercise: the model sees the question and the schema only."""
+    return row["question"], row["context"]
+
+
+def drop_duplicates(rows: list[dict]) -> tuple[list[dict], int]:
+    """Rows with the same question, context and answer, kept once (the first, in order): a repeated
+    test row would count twice in a score. Returns the rows and how many were dropped."""
+    seen, unique = set(), []
+    for row in rows:
+        key = (row["question"], row["context"], row["answer"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    return unique, len(rows) - len(unique)
+
+
+def _take_train(pool: list[dict], train_size: int, held: set | frozenset) -> tuple[list[dict], int]:
+    """The first ``train_size`` rows of ``pool`` whose question and context are not in ``held``, and
+    how many rows were passed over for being there."""
+    train, passed_over = [], 0
+    for row in pool:
+        if len(train) == train_size:
+            break
+        if question_key(row) in held:
+            passed_over += 1
+        else:
+            train.append(row)
+    if len(train) < train_size:
         raise SqltuneError(
-            f"prepare.train_size ({train_size}) + prepare.test_size ({test_size}){skip} exceeds the "
-            f"{len(rows)} usable rows; lower them"
+            f"only {len(train)} train rows are left once rows whose question and context are also in the "
+            f"test rows are dropped, fewer than prepare.train_size ({train_size}); lower prepare.train_size"
         )
+    return train, passed_over
+
+
+def split_counted(rows: list[dict], train_size: int, test_size: int, how: str, seed: int, offset: int = 0,
+                  held: frozenset = frozenset()) -> tuple[list[dict], list[dict], int]:
+    """Seeded split. 'schema_disjoint' keeps every context on one side only. ``offset`` skips rows of
+    the shuffled order before the test slice (random split only). Train never holds a row whose
+    question and context are those of a test row (or in ``held``): it is passed over for the next
+    row after the test slice, so the test slice does not depend on it. Returns train, test and the
+    number of rows passed over."""
+    if train_size + offset + test_size > len(rows):
+        asked = [f"prepare.{k} ({v})" for k, v in (("train_size", train_size), ("test_size", test_size),
+                                                   ("test_offset", offset)) if v]
+        them = "them" if len(asked) > 1 else "it"
+        raise SqltuneError(f"{' + '.join(asked)} exceeds the {len(rows)} usable rows; lower {them}")
     rng = random.Random(seed)
     if how == "random":
         order = rows[:]
         rng.shuffle(order)
         start = train_size + offset
-        return order[:train_size], order[start:start + test_size]
+        test = order[start:start + test_size]
+        pool = order[:train_size] + order[start + test_size:]
+        train, passed_over = _take_train(pool, train_size, held | {question_key(r) for r in test})
+        return train, test, passed_over
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["context"], []).append(row)
@@ -140,11 +205,20 @@ def split_rows(rows: list[dict], train_size: int, test_size: int, how: str, seed
         )
     rng.shuffle(train)
     rng.shuffle(test)
-    return train[:train_size], test
+    # No context is on both sides, so only ``held`` can hold the question of one of these train rows.
+    train, passed_over = _take_train(train, train_size, held)
+    return train, test, passed_over
 
 
-def load_clean(spec: str, p: PrepareParams) -> tuple[list[dict], Counter]:
-    rows = load_rows(spec, p.hub_split)
+def split_rows(rows: list[dict], train_size: int, test_size: int, how: str, seed: int, offset: int = 0):
+    """``split_counted``'s train and test rows."""
+    train, test, _ = split_counted(rows, train_size, test_size, how, seed, offset)
+    return train, test
+
+
+def load_clean(spec: str, p: PrepareParams, revision: str | None = None) -> tuple[list[dict], Counter]:
+    """The rows of ``spec`` that ``clean_rows`` keeps, and the drop counts."""
+    rows = load_rows(spec, p.hub_split, revision)
     check_columns(rows, spec)
     kept, dropped = clean_rows(rows)
     frac = sum(dropped.values()) / len(rows)
@@ -159,23 +233,50 @@ def load_clean(spec: str, p: PrepareParams) -> tuple[list[dict], Counter]:
 
 
 def build_splits(p: PrepareParams, seed: int) -> tuple[list[dict], list[dict], dict]:
-    """Load, clean and split. With ``test_dataset`` the test rows come from that source instead."""
-    rows, dropped = load_clean(p.dataset, p)
-    stats = {"loaded": len(rows) + sum(dropped.values()), "dropped": dict(dropped)}
+    """Load, clean, de-duplicate and split. With ``test_dataset`` the test rows come from that source
+    instead. In the stats ``dropped`` maps each reason to its count; ``flat_stats`` is the file form."""
+    # A revision names a commit of one hub repository, so it pins prepare.dataset only.
+    loaded, dropped = load_clean(p.dataset, p, p.revision)
+    # Duplicates are no data error: reported, and not counted toward max_dropped_fraction.
+    rows, duplicates = drop_duplicates(loaded)
+    stats = {"loaded": len(loaded) + sum(dropped.values()), "dropped": dict(dropped),
+             "duplicate_rows": duplicates}
     if p.test_dataset is None:
-        train, test = split_rows(rows, p.train_size, p.test_size, p.split, seed)
+        train, test, in_test = split_counted(rows, p.train_size, p.test_size, p.split, seed)
     else:
         test_rows, test_dropped = load_clean(p.test_dataset, p)
-        stats["test_dropped"] = dict(test_dropped)
         _, test = split_rows(test_rows, 0, p.test_size, "random", seed, p.test_offset)
+        # Only the slice is de-duplicated: which rows of the test source form the slice at a given
+        # test_offset then does not depend on duplicates elsewhere in the source, so a reported
+        # slice stays the same rows.
+        test, test_duplicates = drop_duplicates(test)
+        stats.update({"test_loaded": len(test_rows) + sum(test_dropped.values()),
+                      "test_dropped": dict(test_dropped), "test_duplicate_rows": test_duplicates})
         if p.split == "schema_disjoint":
             # Every schema of the test source, not only this slice's: the train rows (and so the
             # trained model) are then the same for every test_offset, and DVC does not retrain.
             held = {r["context"] for r in test_rows}
             rows = [r for r in rows if r["context"] not in held]
-        train, _ = split_rows(rows, p.train_size, 0, "random", seed)
+        # Likewise the questions of the whole test source, not only this slice's, stay out of train.
+        held_questions = frozenset(question_key(r) for r in test_rows)
+        train, _, in_test = split_counted(rows, p.train_size, 0, "random", seed, held=held_questions)
+    stats["train_rows_in_test"] = in_test
     stats.update(split_stats(train, test))
     return train, test, stats
+
+
+def flat_stats(stats: dict) -> dict:
+    """``build_splits``' stats as flat scalars, the form DVC reads as metrics: each drop-count map
+    becomes its total plus one ``<name>_<reason>`` key per reason (0 included), so every run's file
+    has the same keys to compare."""
+    flat = {}
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            flat[key] = sum(value.values())
+            flat.update({f"{key}_{reason}": value.get(reason, 0) for reason in DROP_REASONS})
+        else:
+            flat[key] = value
+    return flat
 
 
 def split_stats(train: list[dict], test: list[dict]) -> dict:

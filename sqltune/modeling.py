@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqltune.config import ModelParams, Params, QuantizationParams
 from sqltune.errors import SqltuneError
-from sqltune.io import atomic_path
+from sqltune.io import atomic_dir
 
 # Embedded models: name -> (python package that ships the GGUF, file name inside it).
 EMBEDDED_MODELS = {
@@ -65,7 +65,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_path(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "sqltune-source.json").write_text(json.dumps(source))

@@ -266,12 +266,12 @@ def process_state():
 def save_adapter(trainer, tok, adapter_dir: str | Path) -> None:
     """Only the main process writes. Under FSDP every process first joins the gather of the full
     (LoRA) weights from their shards."""
-    from sqltune.io import atomic_path
+    from sqltune.io import atomic_dir
 
     acc = trainer.accelerator
     state_dict = acc.get_state_dict(trainer.model_wrapped) if trainer.is_fsdp_enabled else None
     if acc.is_main_process:
-        with atomic_path(adapter_dir) as tmp:
+        with atomic_dir(adapter_dir) as tmp:
             acc.unwrap_model(trainer.model).save_pretrained(tmp, state_dict=state_dict)
             tok.save_pretrained(tmp)
     acc.wait_for_everyone()

@@ -1,4 +1,4 @@
-"""prepare stage: load the dataset, drop unparsable rows, format chat prompts, split."""
+"""prepare stage: load the dataset, drop unusable and duplicate rows, format chat prompts, split."""
 
 import argparse
 import sys
@@ -7,9 +7,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from sqltune.config import load_params  # noqa: E402
-from sqltune.data import build_splits, to_messages  # noqa: E402
+from sqltune.data import build_splits, flat_stats, to_messages  # noqa: E402
 from sqltune.errors import run_main  # noqa: E402
 from sqltune.io import write_json, write_jsonl  # noqa: E402
+
+
+def _dropped(stats: dict, prefix: str = "", where: str = "") -> str:
+    reasons = stats[prefix + "dropped"]
+    detail = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none"
+    return (f"dropped {sum(reasons.values())} of {stats[prefix + 'loaded']} ({detail}); "
+            f"{stats[prefix + 'duplicate_rows']} duplicate rows removed{where}")
 
 
 def main() -> None:
@@ -25,10 +32,12 @@ def main() -> None:
     out = Path(args.out)
     write_jsonl(out / "train.jsonl", ({**r, **to_messages(r, p.system_prompt)} for r in train))
     write_jsonl(out / "test.jsonl", ({**r, **to_messages(r, p.system_prompt)} for r in test))
-    write_json(args.stats, stats)
-    dropped = sum(stats["dropped"].values())
-    print(f"prepare: {stats['train_rows']} train / {stats['test_rows']} test rows; "
-          f"dropped {dropped} of {stats['loaded']} ({stats['dropped'] or 'none'})")
+    write_json(args.stats, flat_stats(stats))
+    line = (f"prepare: {stats['train_rows']} train / {stats['test_rows']} test rows; {_dropped(stats)}; "
+            f"{stats['train_rows_in_test']} train rows dropped for sharing a test row's question and schema")
+    if "test_loaded" in stats:
+        line += f"; test source: {_dropped(stats, 'test_', ' from the test slice')}"
+    print(line)
 
 
 if __name__ == "__main__":
