@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -20,9 +21,9 @@ from sqltune.errors import SqltuneError, run_main
 # ------------------------------------------------------------------------ helpers
 
 
-def read_jsonl(path: str | os.PathLike, required: tuple[str, ...], what: str) -> list[dict]:
+def read_jsonl(path: str | os.PathLike, required: tuple[str, ...], what: str, skip_blank: bool = True) -> list[dict]:
     """Rows of a JSONL file (sqltune.io names a bad line), each checked for the ``required`` keys."""
-    rows = io.read_jsonl(path)
+    rows = io.read_jsonl(path, skip_blank=skip_blank)
     for lineno, row in enumerate(rows, 1):
         missing = [k for k in required if k not in row]
         if missing:
@@ -31,6 +32,19 @@ def read_jsonl(path: str | os.PathLike, required: tuple[str, ...], what: str) ->
                 f"each {what} row needs {', '.join(required)}"
             )
     return rows
+
+
+def _positive(flag: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise SqltuneError(f"{flag} must be a positive number (got {value})")
+
+
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or not 1 <= int(value) <= 256:
+        raise SqltuneError(f"--workers must be auto or a number from 1 to 256 (got {value!r})")
+    return int(value)
 
 
 # -------------------------------------------------------------------------- score
@@ -46,13 +60,19 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for database synthesis (default 0)")
     p.add_argument("--value-case", choices=("exact", "insensitive"), default="exact",
                    help="insensitive: text values compare case-blind in synthesized databases (WikiSQL's rule)")
+    p.add_argument("--workers", default="auto",
+                   help="sandbox processes that score in parallel (default auto: one per core)")
 
 
 def _run_score(args: argparse.Namespace) -> int:
     from sqltune.scoring import score_rows
 
-    data = read_jsonl(args.data, ("question", "context", "answer"), "data")
-    preds = read_jsonl(args.predictions, ("prediction",), "predictions")
+    _positive("--timeout", args.timeout)
+    if args.out:
+        io.check_file_target(args.out)  # before scoring, which may take minutes
+    # Lines correspond one to one: a blank line would shift every later prediction against its row.
+    data = read_jsonl(args.data, ("question", "context", "answer"), "data", skip_blank=False)
+    preds = read_jsonl(args.predictions, ("prediction",), "predictions", skip_blank=False)
     if not data:
         raise SqltuneError(f"{args.data} has no rows; give at least one example")
     if len(data) != len(preds):
@@ -76,6 +96,8 @@ def _run_score(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         db_dir=args.db_dir,
         value_case=args.value_case,
+        workers=_workers(args.workers),
+        desc="scoring" if sys.stderr.isatty() else None,
     )
     if args.out:
         io.write_jsonl(args.out, per_example)  # atomic: no partial file on failure
@@ -114,21 +136,27 @@ def _add_ask_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
     p.add_argument("--timeout", type=float, default=5.0, help="seconds the query may run (default 5)")
     p.add_argument("--max-rows", type=int, default=1000, help="refuse results longer than this (default 1000)")
+    p.add_argument("--tables", default=None,
+                   help="comma-separated tables to show the model (default all); for schemas past its context")
 
 
 def _run_ask(args: argparse.Namespace) -> int:
-    from sqltune.ask import format_table, load_model_dir, open_read_only, predict_sql, run_read_only, schema_of
+    from sqltune import ask
 
-    conn = open_read_only(args.db)
+    _positive("--timeout", args.timeout)
+    _positive("--max-rows", args.max_rows)
+    conn = ask.open_read_only(args.db)
     try:
-        schema = schema_of(conn)
-        model, tok, prompt = load_model_dir(args.model)
-        sql = predict_sql(model, tok, prompt, schema, args.question, args.max_new_tokens)
-        print(f"SQL: {sql}")
-        names, rows = run_read_only(conn, sql, args.timeout, args.max_rows)
-        print(format_table(names, rows))
+        tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
+        schema = ask.schema_of(conn, tables)
     finally:
         conn.close()
+    model, tok, prompt = ask.load_model_dir(args.model)
+    ask.check_prompt_fits(model, tok, prompt, schema, args.question, args.max_new_tokens)
+    sql = ask.predict_sql(model, tok, prompt, schema, args.question, args.max_new_tokens)
+    print(f"SQL: {sql}")
+    names, rows = ask.run_read_only(args.db, sql, args.timeout, args.max_rows)
+    print(ask.format_table(names, rows))
     return 0
 
 
@@ -139,13 +167,15 @@ def _add_upload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", default="models/adapter", help="adapter folder (with --skip-merge)")
     p.add_argument("--skip-merge", action="store_true", help="push the LoRA adapter only, merge nothing")
     p.add_argument("--skip-upload", action="store_true", help="merge (dvc repro merge) and stop")
-    p.add_argument("--private", action="store_true", help="create the hub repo as private")
+    p.add_argument("--public", action="store_true", help="create the hub repo as public (default: private)")
+    p.add_argument("--yes", action="store_true", help="push without asking for confirmation")
 
 
 def _run_upload(args: argparse.Namespace) -> int:
     from sqltune.upload import upload
 
-    upload(args.repo, Path(args.merged), Path(args.adapter), args.skip_merge, args.skip_upload, args.private)
+    upload(args.repo, Path(args.merged), Path(args.adapter), args.skip_merge, args.skip_upload,
+           private=not args.public, yes=args.yes)
     return 0
 
 

@@ -43,7 +43,20 @@ from typing import Iterable, Sequence
 from sqlglot import exp
 
 from sqltune.errors import SqltuneError
-from sqltune.sandbox import DEFAULT_MAX_ROWS, QueryResult, open_database_copy, run_query
+from sqltune.sandbox import (
+    DEFAULT_MAX_ROWS,
+    NO_GUARD,
+    Guard,
+    QueryResult,
+    Stop,
+    cached_snapshot,
+    database_path,
+    open_snapshot,
+    resolve_workers,
+    run_query,
+    schema_of,
+    shared_pool,
+)
 from sqltune.sql import (
     FEATURES,
     _parse_shared,
@@ -58,6 +71,9 @@ from sqltune.synth import synthesize
 
 SIG_DIGITS = 6
 MAX_PERMUTATIONS = 720
+# A prediction longer than this is scored wrong unread: no gold query in the supported datasets is
+# near it, and parsing and schema-checking text grows faster than its length.
+MAX_PREDICTION_CHARS = 10_000
 
 
 # --------------------------------------------------------------- result compare
@@ -161,26 +177,14 @@ def gold_is_ordered(gold_sql: str) -> bool:
 
 
 @lru_cache(maxsize=16)
-def _real_db(path: str, mtime_ns: int, size: int) -> sqlite3.Connection:
-    return open_database_copy(path)
+def _snapshot_connection(snapshot: str) -> sqlite3.Connection:
+    return open_snapshot(snapshot)
 
 
 def real_database(db_dir: str | os.PathLike, db_id: str) -> sqlite3.Connection:
-    """Hardened in-memory copy of ``db_dir/<db_id>.sqlite`` (cached per file
-    version; safe to share because every connection refuses writes)."""
-    path = Path(db_dir) / f"{db_id}.sqlite"
-    if not path.is_file():
-        raise SqltuneError(
-            f"database file {path} for db_id {db_id!r} does not exist; "
-            "point --db-dir at the folder holding <db_id>.sqlite files"
-        )
-    st = path.stat()
-    return _real_db(str(path.resolve()), st.st_mtime_ns, st.st_size)
-
-
-def _context_from_db(conn: sqlite3.Connection) -> str:
-    rows = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND sql IS NOT NULL").fetchall()
-    return "; ".join(r[0] for r in rows)
+    """Hardened read-only connection to the snapshot of ``db_dir/<db_id>.sqlite`` (one snapshot per
+    file version; safe to share because every connection refuses writes)."""
+    return _snapshot_connection(str(cached_snapshot(database_path(db_dir, db_id))))
 
 
 # --------------------------------------------------------------------- scoring
@@ -194,15 +198,15 @@ def _gold_sql(row: dict) -> str:
 
 
 def _context_and_real_db(
-    row: dict, db_id, db_dir: str | os.PathLike | None
+    row: dict, db_id, db_dir: str | os.PathLike | None, snapshot: str | None = None
 ) -> tuple[str, list[sqlite3.Connection] | None]:
     """The schema text, plus the real database when there is one to score on
     (``None`` means databases have to be synthesized from the context)."""
     context = row.get("context")
     if bool(db_id) and db_dir is not None:
-        dbs = [real_database(db_dir, str(db_id))]
+        dbs = [_snapshot_connection(snapshot) if snapshot else real_database(db_dir, str(db_id))]
         if not isinstance(context, str) or not context.strip():
-            context = _context_from_db(dbs[0])
+            context = schema_of(dbs[0])
         return context, dbs
     if not isinstance(context, str) or not context.strip():
         raise SqltuneError(
@@ -212,14 +216,14 @@ def _context_and_real_db(
     return context, None
 
 
-def _static_verdicts(row: dict, gold: str, pred: str, context: str, db_id) -> dict:
-    """The verdicts that need no database; execution ones start out False."""
-    parse_ok = _parse_shared(pred) is not None
-    out = {
+def _blank_verdicts(row: dict, gold: str, pred: str, db_id) -> dict:
+    """Every verdict False: the start of an example's verdicts, and all of them when its prediction
+    could not be checked."""
+    return {
         "prediction": pred,
-        "parse_ok": parse_ok,
-        "schema_valid": schema_valid(pred, context) if parse_ok else False,
-        "exact_match": exact_match(pred, gold, context) if parse_ok else False,
+        "parse_ok": False,
+        "schema_valid": False,
+        "exact_match": False,
         "execution_match": False,
         "undecidable": False,
         "gold_error": False,
@@ -228,6 +232,17 @@ def _static_verdicts(row: dict, gold: str, pred: str, context: str, db_id) -> di
         "features": sorted(features(gold)),
         "source": row.get("source") or (str(db_id) if db_id else "unknown"),
     }
+
+
+def _static_verdicts(row: dict, gold: str, pred: str, context: str, db_id) -> dict:
+    """The verdicts that need no database; execution ones start out False."""
+    parse_ok = _parse_shared(pred) is not None
+    out = _blank_verdicts(row, gold, pred, db_id)
+    out.update({
+        "parse_ok": parse_ok,
+        "schema_valid": schema_valid(pred, context) if parse_ok else False,
+        "exact_match": exact_match(pred, gold, context) if parse_ok else False,
+    })
     if normalize(gold, context) is None:
         out["gold_error"] = True
         out["error"] = "gold_error"
@@ -236,12 +251,13 @@ def _static_verdicts(row: dict, gold: str, pred: str, context: str, db_id) -> di
 
 
 def _run_on_all(
-    dbs: list[sqlite3.Connection], sql: str, timeout_s: float, max_rows: int
+    dbs: list[sqlite3.Connection], sql: str, timeout_s: float, max_rows: int, guard: Guard, phase: str
 ) -> tuple[list[QueryResult], QueryResult | None]:
     """Results on every database, stopping at the first failure (returned second)."""
     results: list[QueryResult] = []
     for db in dbs:
-        r = run_query(db, sql, timeout_s=timeout_s, max_rows=max_rows)
+        with guard.limit(timeout_s, phase):
+            r = run_query(db, sql, timeout_s=timeout_s, max_rows=max_rows)
         if not r.ok:
             return results, r
         results.append(r)
@@ -249,10 +265,11 @@ def _run_on_all(
 
 
 def _execution_verdicts(
-    out: dict, dbs: list[sqlite3.Connection], gold: str, pred: str, timeout_s: float, max_rows: int
+    out: dict, dbs: list[sqlite3.Connection], gold: str, pred: str, timeout_s: float, max_rows: int,
+    guard: Guard = NO_GUARD,
 ) -> dict:
     # gold runs even when it does not parse, so a gold run failure message wins
-    gold_results, failed = _run_on_all(dbs, gold, timeout_s, max_rows)
+    gold_results, failed = _run_on_all(dbs, gold, timeout_s, max_rows, guard, "gold")
     if failed is not None:
         out.update(gold_error=True, error="gold_error", error_message=f"gold {failed.error}: {failed.message}")
         return out
@@ -266,7 +283,7 @@ def _execution_verdicts(
     if out["parse_ok"] and not is_read_only(pred):
         out.update(error="refused", error_message="not a single read-only query")
         return out
-    pred_results, failed = _run_on_all(dbs, pred, timeout_s, max_rows)
+    pred_results, failed = _run_on_all(dbs, pred, timeout_s, max_rows, guard, "prediction")
     if failed is not None:
         out.update(error=failed.error, error_message=failed.message[:200])
         return out
@@ -292,6 +309,8 @@ def score_example(
     db_dir: str | os.PathLike | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
     value_case: str = "exact",
+    guard: Guard = NO_GUARD,
+    snapshot: str | None = None,
 ) -> dict:
     """Verdicts for one example (see the module docstring for the rules).
 
@@ -304,19 +323,28 @@ def score_example(
 
     Raises ``SqltuneError`` only for data problems (missing gold, invalid
     context DDL, a missing database file), never for a bad prediction.
+
+    ``guard`` (from a :class:`sqltune.sandbox.WorkerPool`) bounds the checks and every query;
+    ``snapshot`` is the real database's snapshot file, made once by the caller.
     """
     gold = _gold_sql(row)
     db_id = row.get("db_id")
     pred = extract_sql(prediction_text if isinstance(prediction_text, str) else "")
-    context, real_dbs = _context_and_real_db(row, db_id, db_dir)
-    out = _static_verdicts(row, gold, pred, context, db_id)
+    context, real_dbs = _context_and_real_db(row, db_id, db_dir, snapshot)
+    if len(pred) > MAX_PREDICTION_CHARS:
+        out = _blank_verdicts(row, gold, pred, db_id)
+        out.update(error="refused", error_message=f"prediction longer than {MAX_PREDICTION_CHARS} characters")
+        return out
+    with guard.limit(timeout_s, "check"):
+        out = _static_verdicts(row, gold, pred, context, db_id)
+    guard.checkpoint(out)
     if real_dbs is None:
         dbs = synthesize(context, gold, n_databases, seed, nocase=value_case == "insensitive",
                          ascii_queries=gold.isascii() and pred.isascii())
     else:
         dbs = real_dbs
     try:
-        return _execution_verdicts(out, dbs, gold, pred, timeout_s, max_rows)
+        return _execution_verdicts(out, dbs, gold, pred, timeout_s, max_rows, guard)
     finally:
         # real databases are cached and reused; only synthesized ones are ours to close
         if real_dbs is None:
@@ -377,16 +405,44 @@ def summarize(per_example: list[dict]) -> dict:
     }
 
 
-def _score_one(args):
-    i, row, pred, opts = args
+def _score_task(payload: tuple, guard: Guard) -> dict:
+    """Worker task: one example's verdicts (see :func:`score_example`)."""
+    i, row, pred, opts = payload
     try:
-        result = score_example(row, pred, **opts)
+        result = score_example(row, pred, guard=guard, **opts)
     except SqltuneError as exc:
         raise SqltuneError(f"data row {i + 1}: {exc}") from None
     result["index"] = i
     if row.get("db_id"):
         result["db_id"] = row["db_id"]
     return result
+
+
+def _stopped(payload: tuple, stop: Stop) -> dict:
+    """The verdicts of an example whose worker was stopped: past the time limit, or out of memory."""
+    i, row, pred, opts = payload
+    kind = "timeout" if stop.kind == "timeout" else "memory_limit"
+    message = f"ran longer than {opts['timeout_s']:g}s" if kind == "timeout" else stop.message
+    out = stop.checkpoint or _blank_verdicts(row, _gold_sql(row), extract_sql(pred or ""), row.get("db_id"))
+    if stop.phase == "gold":
+        out.update(gold_error=True, error="gold_error", error_message=f"gold {kind}: {message}")
+    else:
+        where = "checking the prediction " if stop.phase == "check" else ""
+        out.update(execution_match=False, error=kind, error_message=f"{where}{message}")
+    out["index"] = i
+    if row.get("db_id"):
+        out["db_id"] = row["db_id"]
+    return out
+
+
+def _with_snapshot(i: int, row: dict, opts: dict) -> dict:
+    """The row's options, with the snapshot of its real database (made once per file version)."""
+    if not (row.get("db_id") and opts["db_dir"] is not None):
+        return opts
+    try:
+        return {**opts, "snapshot": str(cached_snapshot(database_path(opts["db_dir"], row["db_id"])))}
+    except SqltuneError as exc:
+        raise SqltuneError(f"data row {i + 1}: {exc}") from None
 
 
 def score_rows(
@@ -399,18 +455,24 @@ def score_rows(
     db_dir: str | os.PathLike | None = None,
     max_rows: int = DEFAULT_MAX_ROWS,
     value_case: str = "exact",
+    workers: int | str = "auto",
+    desc: str | None = None,
 ) -> tuple[dict, list[dict]]:
     """Score ``predictions[i]`` against ``rows[i]``; returns (summary, per-example).
     ``value_case``: exact (SQLite's binary ``=``) or insensitive (text values compare case-blind in
-    the synthesized databases; refused with ``db_dir``, whose databases keep their own collation)."""
+    the synthesized databases; refused with ``db_dir``, whose databases keep their own collation).
+    Examples are scored in ``workers`` sandbox processes (``auto``: one per core); the verdicts do
+    not depend on their number. ``desc`` names a progress bar (none without it)."""
+    from tqdm.auto import tqdm
+
     if len(rows) != len(predictions):
         raise SqltuneError(
             f"{len(rows)} data rows but {len(predictions)} predictions; give one prediction per row"
         )
     if n_databases < 1:
         raise SqltuneError(f"n_databases must be at least 1 (got {n_databases})")
-    if timeout_s <= 0:
-        raise SqltuneError(f"timeout must be positive (got {timeout_s})")
+    if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
+        raise SqltuneError(f"timeout must be a positive number of seconds (got {timeout_s})")
     if db_dir is not None and not Path(db_dir).is_dir():
         raise SqltuneError(f"--db-dir {db_dir} is not a directory; point it at the folder of <db_id>.sqlite files")
     if value_case not in ("exact", "insensitive"):
@@ -420,7 +482,10 @@ def score_rows(
                            "(--db-dir) keep their own collation: drop one of the two")
     opts = dict(n_databases=n_databases, seed=seed, timeout_s=timeout_s, db_dir=db_dir, max_rows=max_rows,
                 value_case=value_case)
-    per_example = [_score_one((i, r, p, opts)) for i, (r, p) in enumerate(zip(rows, predictions))]
+    payloads = [(i, r, p, _with_snapshot(i, r, opts)) for i, (r, p) in enumerate(zip(rows, predictions))]
+    n_workers = min(resolve_workers(workers), max(1, len(payloads)))
+    with tqdm(total=len(payloads), desc=desc, unit="row", disable=desc is None, mininterval=1.0) as bar:
+        per_example = shared_pool(n_workers).map("sqltune.scoring:_score_task", payloads, _stopped, bar.update)
     summary = summarize(per_example)
     summary["settings"] = {
         "n_databases": n_databases,

@@ -6,8 +6,10 @@ environment or `.env`; the token is handed to huggingface_hub and never printed 
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from sqltune.errors import SqltuneError
@@ -25,25 +27,71 @@ def credentials(env_file: str | Path = ".env") -> tuple[str, str]:
     return token, user
 
 
-def plan(folder: Path, repo_id: str, private: bool) -> str:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    if not files:
-        raise SqltuneError(f"{folder} is empty; run `dvc repro` first")
-    lines = [f"will push {folder} to https://huggingface.co/{repo_id} ({'private' if private else 'public'}):"]
+# What a model repo needs, and nothing else: weights, config, tokenizer, chat template, card,
+# adapter files and sqltune's prompt format. Anything else in the folder (a stray .env, notes,
+# checkpoints) stays local.
+ALLOWED_FILES = (
+    "*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
+    "adapter_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+    "chat_template.json", "README.md", "sqltune.json",
+)
+_SCAN_LIMIT = 16 * 2**20  # text files up to this size are checked for the token before pushing
+
+
+def select_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(files to push, files left out): top-level files matching :data:`ALLOWED_FILES`, never a dotfile."""
+    if not folder.is_dir():
+        raise SqltuneError(f"{folder} is not a folder; run `dvc repro` first (or pass --merged/--adapter)")
+    chosen, left = [], []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() and not p.is_symlink():
+            continue
+        rel = p.relative_to(folder)
+        ok = (len(rel.parts) == 1 and not p.name.startswith(".") and not p.is_symlink()
+              and any(fnmatch.fnmatchcase(p.name, pat) for pat in ALLOWED_FILES))
+        (chosen if ok else left).append(p)
+    if not any(p.suffix == ".safetensors" for p in chosen):
+        raise SqltuneError(f"{folder} holds no .safetensors weights; run `dvc repro` first")
+    return chosen, left
+
+
+def check_no_secret(files: list[Path], token: str) -> None:
+    for p in files:
+        if p.suffix != ".safetensors" and p.stat().st_size <= _SCAN_LIMIT and token.encode() in p.read_bytes():
+            raise SqltuneError(f"{p} contains HF_TOKEN; remove the token from it before uploading")
+
+
+def plan(folder: Path, repo_id: str, private: bool, files: list[Path], left_out: list[Path]) -> str:
+    visibility = "private" if private else "PUBLIC: anyone can download it"
+    lines = [f"will push {len(files)} files of {folder} to https://huggingface.co/{repo_id} ({visibility}):"]
     lines += [f"  {p.relative_to(folder)}  {p.stat().st_size / 2**20:.1f} MiB" for p in files]
+    if left_out:
+        lines.append(f"left out ({len(left_out)}, not model files): "
+                     + ", ".join(str(p.relative_to(folder)) for p in left_out))
     return "\n".join(lines)
 
 
-def push(folder: Path, repo_id: str, token: str, private: bool, card: str) -> str:
-    """Create the repo and push the folder; the card (README.md) goes up with the eval metrics
+def confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise SqltuneError("uploading needs a confirmation; pass --yes to push without the prompt")
+    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise SqltuneError("upload cancelled; nothing was pushed")
+
+
+def push(folder: Path, repo_id: str, token: str, private: bool, card: str, files: list[Path]) -> str:
+    """Create the repo and push the chosen files; the card (README.md) goes up with the eval metrics
     added, so the DVC-tracked folder itself is never modified."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
+    names = [p.name for p in files if p.name != "README.md"]
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="sqltune upload",
-                          ignore_patterns=["README.md"])
+                          allow_patterns=names, ignore_patterns=[".*", "README.md"])
         api.upload_file(path_or_fileobj=card.encode(), path_in_repo="README.md", repo_id=repo_id,
                         commit_message="sqltune model card")
     except Exception as exc:  # network, auth and hub errors all end the same way for the user
@@ -59,7 +107,7 @@ def merge_with_dvc() -> None:
 
 
 def upload(repo: str | None, merged: Path, adapter: Path, skip_merge: bool, skip_upload: bool,
-           private: bool, say=print) -> str | None:
+           private: bool = True, yes: bool = False, say=print) -> str | None:
     if skip_merge and skip_upload:
         raise SqltuneError("--skip-merge with --skip-upload leaves nothing to do; drop one of them")
     if not skip_merge:
@@ -70,11 +118,14 @@ def upload(repo: str | None, merged: Path, adapter: Path, skip_merge: bool, skip
     token, user = credentials()
     folder = adapter if skip_merge else merged
     repo_id = repo if repo and "/" in repo else f"{user}/{repo or 'sqltune-' + folder.name}"
-    say(plan(folder, repo_id, private))
+    files, left_out = select_files(folder)
+    check_no_secret(files, token)
+    say(plan(folder, repo_id, private, files, left_out))
+    confirm(f"push to {repo_id} ({'private' if private else 'public'})?", yes)
     card_file = folder / "README.md"
     card = card_file.read_text() if card_file.is_file() else f"# {repo_id}\n"
     if "## Evaluation" not in card:  # the merged model's card has it; an adapter's (PEFT's) does not
         card += eval_section("metrics/eval/metrics.json")
-    url = push(folder, repo_id, token, private, card)
+    url = push(folder, repo_id, token, private, card, files)
     say(f"pushed: {url}")
     return url

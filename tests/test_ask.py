@@ -63,12 +63,12 @@ def test_writes_are_impossible_even_past_the_check(shop_db):
 def test_runaway_query_times_out(shop_db):
     bomb = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
     with pytest.raises(SqltuneError, match="timeout"):
-        ask.run_read_only(ask.open_read_only(shop_db), bomb, timeout_s=0.3, max_rows=10)
+        ask.run_read_only(shop_db, bomb, timeout_s=0.3, max_rows=10)
 
 
 def test_row_cap(shop_db):
     with pytest.raises(SqltuneError, match="more than 2 rows"):
-        ask.run_read_only(ask.open_read_only(shop_db), "SELECT * FROM item", timeout_s=1, max_rows=2)
+        ask.run_read_only(shop_db, "SELECT * FROM item", timeout_s=1, max_rows=2)
 
 
 def test_missing_database_and_model(tmp_path, shop_db):

@@ -2,6 +2,7 @@
 recorder; everything before it (credentials, plan, card, errors, token hygiene) is real."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -23,8 +24,14 @@ class FakeApi:
             raise FakeApi.fail
         FakeApi.calls.append(("create_repo", repo_id, private))
 
-    def upload_folder(self, folder_path, repo_id, commit_message, ignore_patterns):
-        FakeApi.calls.append(("upload_folder", folder_path, repo_id, tuple(ignore_patterns)))
+    def upload_folder(self, folder_path, repo_id, commit_message, allow_patterns, ignore_patterns):
+        # What huggingface_hub would send: its own filter over the folder, with our patterns.
+        from huggingface_hub.utils import filter_repo_objects
+
+        sent = sorted(filter_repo_objects(
+            [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()],
+            allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
+        FakeApi.calls.append(("upload_folder", folder_path, repo_id, tuple(sent)))
 
     def upload_file(self, path_or_fileobj, path_in_repo, repo_id, commit_message):
         FakeApi.calls.append(("upload_file", path_in_repo, path_or_fileobj.decode()))
@@ -53,7 +60,7 @@ def workspace(tmp_path, monkeypatch):
 def run(workspace, **kw):
     out = []
     args = dict(repo=None, merged=workspace / "models/merged", adapter=workspace / "models/adapter",
-                skip_merge=False, skip_upload=False, private=False)
+                skip_merge=False, skip_upload=False, private=False, yes=True)
     args.update(kw)
     up.upload(**args, say=out.append)
     return "\n".join(out)
@@ -102,3 +109,59 @@ def test_offline_failure_is_clear_and_hides_the_token(workspace, monkeypatch):
 def test_both_skips_is_an_error(workspace):
     with pytest.raises(SqltuneError, match="nothing to do"):
         run(workspace, skip_merge=True, skip_upload=True)
+
+
+def test_only_model_files_are_pushed_never_dotfiles_or_secrets(workspace, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_USERNAME", "ada")
+    merged = workspace / "models/merged"
+    (merged / ".env").write_text(f"HF_TOKEN={TOKEN}\n")
+    (merged / ".cache").mkdir()
+    (merged / ".cache" / "x.safetensors").write_bytes(b"x")
+    (merged / "notes.txt").write_text("private notes")
+    (merged / "config.json").write_text("{}")
+    (merged / "sub").mkdir()
+    (merged / "sub" / "model.safetensors").write_bytes(b"x")
+    out = run(workspace)
+    sent = next(c for c in FakeApi.calls if c[0] == "upload_folder")[3]
+    assert sent == ("config.json", "model.safetensors")  # README.md goes up separately, as the card
+    assert "left out (4" in out and ".env" in out and "notes.txt" in out
+
+
+def test_a_token_inside_a_pushed_file_stops_the_upload(workspace, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_USERNAME", "ada")
+    (workspace / "models/merged/config.json").write_text(json.dumps({"token": TOKEN}))
+    with pytest.raises(SqltuneError, match="config.json contains HF_TOKEN") as exc:
+        run(workspace)
+    assert TOKEN not in str(exc.value) and not [c for c in FakeApi.calls if c[0] == "create_repo"]
+
+
+def test_private_by_default_and_the_plan_says_public_loudly(workspace, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_USERNAME", "ada")
+    out = []
+    up.upload(None, workspace / "models/merged", workspace / "models/adapter", False, False, yes=True, say=out.append)
+    assert ("create_repo", "ada/sqltune-merged", True) in FakeApi.calls and "(private)" in out[0]
+    assert "PUBLIC" in run(workspace, private=False)
+
+
+def test_no_confirmation_without_a_terminal_pushes_nothing(workspace, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_USERNAME", "ada")
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False, raising=False)
+    with pytest.raises(SqltuneError, match="pass --yes"):
+        run(workspace, yes=False)
+    assert not [c for c in FakeApi.calls if c[0] in ("create_repo", "upload_folder")]
+
+
+def test_answering_no_pushes_nothing(workspace, monkeypatch):
+    import sys
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_USERNAME", "ada")
+    monkeypatch.setattr(sys, "stdin", type("Tty", (), {"isatty": staticmethod(lambda: True)})())
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    with pytest.raises(SqltuneError, match="cancelled"):
+        run(workspace, yes=False)
+    assert not [c for c in FakeApi.calls if c[0] in ("create_repo", "upload_folder")]
