@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import sqltune
 from sqltune import io
 from sqltune.errors import SqltuneError, run_main
 
@@ -39,12 +40,13 @@ def _positive(flag: str, value: float) -> None:
         raise SqltuneError(f"{flag} must be a positive number (got {value})")
 
 
+# score's flags, by the evaluate params whose rules they follow
+SCORE_FLAGS = {"n_databases": "--n-databases", "query_timeout_s": "--timeout", "db_dir": "--db-dir",
+               "value_case": "--value-case", "score_workers": "--workers"}
+
+
 def _workers(value: str) -> int | str:
-    if value == "auto":
-        return value
-    if not value.isdigit() or not 1 <= int(value) <= 256:
-        raise SqltuneError(f"--workers must be auto or a number from 1 to 256 (got {value!r})")
-    return int(value)
+    return int(value) if value.isdigit() else value  # checked by evaluate.score_workers' rule
 
 
 # -------------------------------------------------------------------------- score
@@ -67,7 +69,10 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
 def _run_score(args: argparse.Namespace) -> int:
     from sqltune.scoring import score_rows
 
-    _positive("--timeout", args.timeout)
+    from sqltune.config import scoring_settings
+
+    scoring_settings(names=SCORE_FLAGS, n_databases=args.n_databases, query_timeout_s=args.timeout,
+                     db_dir=args.db_dir, value_case=args.value_case, score_workers=_workers(args.workers))
     if args.out:
         io.check_file_target(args.out)  # before scoring, which may take minutes
     # Lines correspond one to one: a blank line would shift every later prediction against its row.
@@ -86,8 +91,6 @@ def _run_score(args: argparse.Namespace) -> int:
                 f"{args.predictions} prediction {i}: 'prediction' must be a string (or null), "
                 f"got {type(row['prediction']).__name__}"
             )
-    if args.db_dir is not None and not Path(args.db_dir).is_dir():
-        raise SqltuneError(f"--db-dir {args.db_dir} is not a directory; point it at the folder of <db_id>.sqlite files")
     summary, per_example = score_rows(
         data,
         [r["prediction"] for r in preds],
@@ -193,6 +196,7 @@ COMMANDS: dict[str, Command] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sqltune", description="sqltune: text-to-SQL fine-tuning and evaluation")
+    parser.add_argument("--version", action="version", version=f"sqltune {sqltune.version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (add_args, _run, help_text) in COMMANDS.items():

@@ -389,6 +389,19 @@ def _format_errors(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def scoring_settings(names: dict[str, str] | None = None, **values) -> EvaluateParams:
+    """Scoring settings given outside params.yaml (the CLI, library calls), checked by
+    EvaluateParams' own rules; ``names`` maps a field to what the caller calls it (a CLI flag) in
+    the one-line message."""
+    try:
+        return EvaluateParams.model_validate(values)
+    except ValidationError as err:
+        problems = [line.strip()[2:] for line in _format_errors(err).splitlines()]
+        for field, name in (names or {}).items():
+            problems = [name + p[len(field):] if p.startswith(field + ":") else p for p in problems]
+        raise SqltuneError("; ".join(problems)) from None
+
+
 def parse_params(data: object, origin: str = "params") -> Params:
     if not isinstance(data, dict):
         raise SqltuneError(f"{origin}: expected a mapping of sections at the top level")

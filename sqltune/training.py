@@ -79,7 +79,7 @@ def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype, **overr
         report_to="none",  # dvclive is attached explicitly, at the global step
         dataloader_num_workers=tp.dataloader_workers,
         use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True,
+        disable_tqdm=False,  # the step bar with its ETA; ReadableProgress prints the logged values
     )
     return SFTConfig(**{**settings, **overrides})  # an override replaces a setting (launcher, bench)
 
@@ -162,6 +162,22 @@ def dvclive_callback(live_dir: str | Path, resume: bool):
     return GlobalStepDVCLive(live=live)
 
 
+def readable_progress():
+    """transformers' progress bar (step count, ETA) with each log as one line of named values,
+    instead of a raw Python dict under it."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class ReadableProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or self.training_bar is None or not logs:
+                return
+            shown = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in logs.items() if k != "total_flos")
+            self.training_bar.write(f"step {state.global_step}/{state.max_steps}: {shown}")
+
+    return ReadableProgress
+
+
 def interrupt_callback():
     """On Ctrl-C, finish the current step, save a checkpoint, then stop."""
     from transformers import TrainerCallback
@@ -216,6 +232,10 @@ def build_trainer(params: Params, model, tok, dataset, out_dir: str | Path, call
         peft_config=lora_config(params.train.lora),
         callbacks=list(callbacks),
     )
+    from transformers.trainer_callback import ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(readable_progress())
     if trainer.args.bf16 or trainer.args.fp16:
         keep_lora_inputs(trainer.model)
     if not tp.end_of_turn_loss:
@@ -263,7 +283,7 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=1800))
 
 
-def save_adapter(trainer, tok, adapter_dir: str | Path) -> None:
+def save_adapter(trainer, tok, adapter_dir: str | Path, base_id: str, revision: str | None = None) -> None:
     """Only the main process writes. Under FSDP every process first joins the gather of the full
     (LoRA) weights from their shards."""
     from sqltune.io import atomic_dir
@@ -271,8 +291,14 @@ def save_adapter(trainer, tok, adapter_dir: str | Path) -> None:
     acc = trainer.accelerator
     state_dict = acc.get_state_dict(trainer.model_wrapped) if trainer.is_fsdp_enabled else None
     if acc.is_main_process:
+        model = acc.unwrap_model(trainer.model)
+        for config in model.peft_config.values():
+            # Name the real base (a hub id; the upstream id of an embedded model), not the local
+            # folder it was loaded from, so the adapter loads outside this checkout.
+            config.base_model_name_or_path = base_id
+            config.revision = revision
         with atomic_dir(adapter_dir) as tmp:
-            acc.unwrap_model(trainer.model).save_pretrained(tmp, state_dict=state_dict)
+            model.save_pretrained(tmp, state_dict=state_dict)
             tok.save_pretrained(tmp)
     acc.wait_for_everyone()
 
@@ -315,6 +341,6 @@ def train(params: Params, train_file: str | Path, adapter_dir: str | Path, ckpt_
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stop.interrupted:
         raise SqltuneError(f"interrupted; a checkpoint is saved in {ckpt_dir}. Run `dvc repro` to resume")
-    save_adapter(trainer, tok, adapter_dir)
+    save_adapter(trainer, tok, adapter_dir, resolved.base_id, params.model.revision if resolved.kind == "hub" else None)
     return {"global_step": trainer.state.global_step, "world_size": procs.num_processes, "main_process": main,
             "train_sequences": len(trainer.train_dataset), **result.metrics}
