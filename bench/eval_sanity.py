@@ -1,4 +1,4 @@
-"""Sanity benchmark for the SQL-aware evaluation (issue 3).
+"""Sanity benchmark for the SQL-aware evaluation .
 
 Shows that the evaluator
   1. scores gold against itself as 1.0 (GeoQuery on the real database, Spider

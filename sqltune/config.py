@@ -240,7 +240,7 @@ class TrainerParams(_Strict):
     max_length: int = Field(default=1024, gt=8)
     # Pad each batch's length up to a multiple of this (null: to its longest row). Fewer distinct
     # shapes: on CUDA each new shape has a first-use cost (cuDNN's attention plans, mostly), which
-    # the SmolLM2 GPU preset's end-to-end run measured (README "Real GPU run").
+    # the SmolLM2 GPU preset's end-to-end run measured (docs/gpu.md).
     pad_to_multiple_of: Optional[int] = Field(default=None, gt=0)
     packing: bool = True
     # Batches of rows of similar length (transformers' LengthGroupedSampler): little padding without
@@ -255,7 +255,7 @@ class TrainerParams(_Strict):
     completion_only_loss: bool = True
     # Loss on the end-of-turn token that closes every answer: it is how the model learns to stop.
     # false masks it out of the labels, the classic pad-equals-EOS bug, kept only as the measured
-    # ablation of EOS handling (README "Real GPU run"); it makes models worse.
+    # ablation of EOS handling (docs/gpu.md); it makes models worse.
     end_of_turn_loss: bool = True
     gradient_checkpointing: bool = False
     # With checkpointing on, recompute only every n-th decoder layer and keep the others'

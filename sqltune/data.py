@@ -59,7 +59,7 @@ def load_rows(spec: str, hub_split: str = "train", revision: str | None = None) 
         if path.stat().st_size == 0:
             raise SqltuneError(f"dataset file {spec} is empty; point prepare.dataset at a file with rows")
         if path.suffix.lower() == ".jsonl":
-            return read_jsonl(path)  # our reader names the bad line, datasets' does not
+            return read_jsonl(path)  # sqltune's reader names the bad line, datasets' does not
         try:
             path.read_bytes().decode("utf-8") if path.suffix.lower() != ".parquet" else None
         except UnicodeDecodeError:

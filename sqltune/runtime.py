@@ -13,9 +13,8 @@ def keep_freed_memory() -> bool:
     """Stop glibc from returning freed memory to the OS after every training step.
 
     CPU training allocates and frees multi-hundred-MB tensors (logits over a 49k vocabulary) each
-    step; by default glibc unmaps them and the next step page-faults them back in. On 2 cores that
-    was 7 of 16 minutes of the default run in kernel time and up to doubled the step time
-    (measured: 18.9 s -> 3.8 s of kernel time over 8 steps). Returns
+    step; by default glibc unmaps them and the next step page-faults them back in, which spent much
+    of a small CPU run in the kernel and slowed each step. Returns
     whether the allocator could be tuned (not glibc: a no-op).
     """
     name = ctypes.util.find_library("c")

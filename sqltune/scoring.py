@@ -3,7 +3,7 @@
 Rules:
 
 * **Execution match.** Gold and prediction run on the same databases: a
-  throwaway in-memory copy of ``db_dir/<db_id>.sqlite`` when the row has a
+  read-only snapshot of ``db_dir/<db_id>.sqlite`` (sqltune.sandbox) when the row has a
   ``db_id`` and ``db_dir`` is given (real-database mode), else ``n_databases``
   synthesized databases (:mod:`sqltune.synth`). The prediction matches when
   its result equals the gold result on *every* database.

@@ -13,7 +13,7 @@ Rules (also used by :mod:`sqltune.scoring`):
   with a ``context`` (CREATE TABLE text), an *unqualified* double-quoted
   column reference whose name (case-insensitively) is neither a column of any
   context table nor an alias defined in the query is a string literal.
-  Without a context we use a narrower heuristic: a double-quoted bare name on
+  Without a context a narrower heuristic applies: a double-quoted bare name on
   the right-hand side of a comparison / LIKE / IN-list whose left side is a
   column is a string literal.
 * ``normalize``: parse, apply the double-quote rule, lowercase identifiers
@@ -42,7 +42,7 @@ FEATURES = ("join", "aggregate", "group_by", "order_limit", "nested", "plain_whe
 ROWID_NAMES = frozenset({"rowid", "oid", "_rowid_"})
 
 # sqlglot logs a warning whenever it falls back to an opaque ``Command``; for
-# model output that is noise (we treat such statements as unparseable anyway).
+# model output that is noise (such statements count as unparseable anyway).
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 _FENCE_RE = re.compile(r"```[ \t]*(?:[A-Za-z0-9_+-]+[ \t]*\n|\n)?(.*?)(?:```|\Z)", re.DOTALL)

@@ -1,7 +1,7 @@
 """Test-suite style database synthesis for schema-only contexts.
 
 After Zhong, Yu & Klein (2020), "Semantic Evaluation for Text-to-SQL with
-Distilled Test Suites": instead of one database we build several small random
+Distilled Test Suites": instead of one database, several small random
 ones whose values are chosen so that near-miss queries disagree with the gold
 query on at least one of them.
 

@@ -135,7 +135,7 @@ def mark_run(ckpt_dir: Path, fingerprint: str) -> None:
 
 
 def trim_curves(live_dir: str | Path, last_step: int) -> None:
-    """Drop logged points past the checkpoint we resume from: the steps after it are trained
+    """Drop logged points past the checkpoint the run resumes from: the steps after it are trained
     again, and without this each would appear twice in the curves."""
     for tsv in Path(live_dir, "plots", "metrics").rglob("*.tsv"):
         header, *rows = tsv.read_text().splitlines()

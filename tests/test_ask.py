@@ -143,7 +143,7 @@ def test_geoquery_real_question_end_to_end(shared_dir, geo_model, capsys, tmp_pa
     database, generates greedily, runs the SQL read-only and prints the answer; the model's answer to
     a destructive request is a real DELETE, refused, and the file is unchanged. The 2-layer model
     knows no SQL, it learnt these two answers by heart: the test checks that ask's prompt is the
-    training prompt token for token and everything after it (model skill: README "Real GPU run")."""
+    training prompt token for token and everything after it (model skill: docs/gpu.md)."""
     import shutil
 
     db = tmp_path / "geography.sqlite"

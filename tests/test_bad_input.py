@@ -1,4 +1,4 @@
-"""The bad-input matrix (README, "What happens when..."): each row runs a real stage script and
+"""The bad-input matrix (docs/bad-input.md): each row runs a real stage script and
 expects exit code 2, one `error:` message naming the problem and the fix, no traceback, and no
 partial outputs. Model-output rows live in test_scoring.py (bad predictions never raise, are
 refused or sandboxed)."""

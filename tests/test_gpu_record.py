@@ -44,7 +44,7 @@ def test_record_is_consistent():
     assert len(tuned) == 1000 and sum(r["execution_match"] for r in tuned) == ev["n_correct"]
     # ../shared's questions and gold SQL are not committed
     assert not {"question", "gold"} & set(rows[0])
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs/gpu.md").read_text()
     assert f"**{ev['execution_accuracy']:.3f}**" in readme and f"**{info['train_runtime_s']:.1f} s**" in readme
     assert f"**{ev['exact_match']:.3f}**" in readme
     # the repeat of the same train stage that the README quotes beside it
@@ -75,7 +75,7 @@ def test_tuning_table_matches_the_experiment_records():
     scored on the tuning slice (test_offset 1000), never on the reported rows."""
     import yaml
 
-    readme = (ROOT / "README.md").read_text().splitlines()
+    readme = (ROOT / "docs/gpu.md").read_text().splitlines()
     records = sorted((ROOT / "metrics/runs/gpu-tuning").glob("t-*"))
     assert len(records) == 15
     for rec in records:

