@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from sqltune.config import Params
+from sqltune.errors import SqltuneError
 from sqltune.generation import generate
 from sqltune.io import read_jsonl
 from sqltune.modeling import attach_adapter, load_base_for_inference
@@ -27,8 +28,8 @@ def predict_and_score(model, tok, rows: list[dict], params: Params) -> tuple[dic
     preds = generate(model, tok, [r["prompt"] for r in rows], e)
     gen_s = time.perf_counter() - t0
     summary, per_example = score_rows(
-        rows, preds, n_databases=e.n_databases, seed=params.seed,
-        timeout_s=e.query_timeout_s, db_dir=e.db_dir, value_case=e.value_case,
+        rows, preds, n_databases=e.n_databases, seed=params.seed, timeout_s=e.query_timeout_s,
+        db_dir=e.db_dir, value_case=e.value_case, workers=e.score_workers,
     )
     summary["scoring_seconds"] = round(time.perf_counter() - t0 - gen_s, 2)
     summary["generation_seconds"] = round(gen_s, 2)
@@ -36,8 +37,27 @@ def predict_and_score(model, tok, rows: list[dict], params: Params) -> tuple[dic
     return summary, per_example
 
 
-def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, base_cache: str | Path):
-    """Return the scored test rows and {"base": (summary, per_example)?, "finetuned": (summary, per_example)}."""
+def require_inside(value: str | None, folder: str | Path, key: str) -> None:
+    """Refuse a local input of a stage that lies outside ``folder``, the folder dvc.yaml declares as
+    that stage's dependency: DVC hashes only declared inputs, so a file elsewhere could change and
+    the stage would not rerun. Paths are compared resolved, so any spelling of a path inside the
+    folder is accepted and a symlink out of it is not."""
+    if value is None:
+        return
+    path, root = Path(value).resolve(), Path(folder).resolve()
+    if path != root and root not in path.parents:
+        raise SqltuneError(
+            f"{key} {value} is outside {folder}, the folder DVC tracks for this stage, so DVC would not "
+            f"see it change; move it into {folder}/ and set {key}: {Path(folder) / Path(value).name}"
+        )
+
+
+def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, base_cache: str | Path,
+             databases: str | Path | None = None):
+    """Return the scored test rows and {"base": (summary, per_example)?, "finetuned": (summary, per_example)}.
+    ``databases``: the DVC-tracked folder that evaluate.db_dir must be inside (None: no such rule)."""
+    if databases is not None:
+        require_inside(params.evaluate.db_dir, databases, "evaluate.db_dir")
     rows = read_jsonl(test_file)[: params.evaluate.limit]
     model, tok = load_base_for_inference(params, base_cache)
     model = to_eval_dtype(model, params.evaluate.dtype)

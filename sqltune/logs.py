@@ -72,6 +72,9 @@ def stage_log(stage: str, folder: str | os.PathLike = LOG_DIR) -> Iterator[Path 
     """Copy stdout and stderr to ``folder/<stage>.log`` (a new file each run) while the block runs.
     A folder that can't be written only loses the log, never the run."""
     path = Path(folder) / f"{stage}.log"
+    if os.environ.get("RANK", "0") != "0":  # a launched worker: the launching process keeps the log
+        yield None
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         log = path.open("w", encoding="utf-8")

@@ -10,7 +10,7 @@ from sqltune.config import load_params  # noqa: E402
 from sqltune.errors import run_main  # noqa: E402
 from sqltune.evaluation import evaluate  # noqa: E402
 from sqltune.io import write_jsonl  # noqa: E402
-from sqltune.metrics_log import log_summary  # noqa: E402
+from sqltune.metrics_log import score_text, write_eval_metrics  # noqa: E402
 
 
 def main() -> None:
@@ -19,23 +19,26 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="test.jsonl from prepare")
     ap.add_argument("--adapter", required=True, help="LoRA adapter folder from train")
     ap.add_argument("--base-cache", required=True, help="where embedded GGUF models are converted once")
-    ap.add_argument("--live", required=True, help="dvclive folder for the eval metrics")
+    ap.add_argument("--databases", required=True,
+                    help="the folder DVC tracks for real databases; evaluate.db_dir must be inside it")
+    ap.add_argument("--metrics", required=True, help="JSON file for the headline metrics (a DVC metric)")
+    ap.add_argument("--details", required=True, help="JSON file for breakdowns, settings and timings")
     ap.add_argument("--predictions", required=True, help="per-example JSONL output")
     args = ap.parse_args()
 
     params = load_params(args.params)
-    test_rows, results = evaluate(params, args.data, args.adapter, args.base_cache)
+    test_rows, results = evaluate(params, args.data, args.adapter, args.base_cache, args.databases)
     # Question and gold beside each verdict, so a user sees where exact match and execution disagree.
     per_example = [
         {"model": name, "question": src["question"], "gold": src["answer"], **row}
         for name, (_, rows) in results.items() for src, row in zip(test_rows, rows)
     ]
     write_jsonl(args.predictions, per_example)
-    log_summary(args.live, {name: summary for name, (summary, _) in results.items()})
+    write_eval_metrics(args.metrics, args.details, {name: summary for name, (summary, _) in results.items()})
     for name, (s, _) in results.items():
-        print(f"evaluate: {name:9s} exact_match {s['exact_match']:.3f}  "
-              f"execution_accuracy {s['execution_accuracy']:.3f}  n={s['n']}")
+        print(f"evaluate: {name:9s} exact_match {score_text(s['exact_match'])}  "
+              f"execution_accuracy {score_text(s['execution_accuracy'])}  n={s['n']}")
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, log="evaluate")

@@ -16,19 +16,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--adapter", required=True)
-    ap.add_argument("--data", required=True, help="test.jsonl, for the parity check")
+    ap.add_argument("--data", required=True, help="train.jsonl from prepare: its first prompts are the parity check's")
     ap.add_argument("--base-cache", required=True)
     ap.add_argument("--out", required=True, help="output folder for the merged model")
     ap.add_argument("--metrics", required=True, help="JSON file for the parity metric")
-    ap.add_argument("--eval-metrics", required=True, help="evaluate's metrics, for the model card")
     args = ap.parse_args()
 
     params = load_params(args.params)
-    result = merge(params, args.adapter, args.out, args.base_cache, args.data, args.eval_metrics)
+    result = merge(params, args.adapter, args.out, args.base_cache, args.data)
     write_json(args.metrics, result)
     print(f"merge: wrote {args.out} ({result['dtype']}); parity {result['parity']} "
           f"on {result['parity_samples']} prompts")
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, log="merge")

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from sqltune.config import load_params  # noqa: E402
 from sqltune.errors import run_main  # noqa: E402
 from sqltune.launch import launch_if_asked  # noqa: E402
+from sqltune.metrics_log import write_train_metrics  # noqa: E402
 from sqltune.runtime import keep_freed_memory  # noqa: E402
 from sqltune.training import train  # noqa: E402
 
@@ -20,6 +21,8 @@ def main() -> None:
     ap.add_argument("--adapter", required=True, help="output folder for the LoRA adapter")
     ap.add_argument("--checkpoints", required=True, help="persistent folder for resumable checkpoints")
     ap.add_argument("--live", required=True, help="dvclive folder for training curves")
+    ap.add_argument("--metrics", help="JSON file for the headline training metrics (a DVC metric); "
+                    "without it, only dvclive's files in --live are written")
     ap.add_argument("--base-cache", required=True, help="where embedded GGUF models are converted once")
     args = ap.parse_args()
 
@@ -30,10 +33,12 @@ def main() -> None:
     warn = lambda msg: print(f"train: {msg}", file=sys.stderr)  # noqa: E731
     summary = train(params, args.data, args.adapter, args.checkpoints, args.live, args.base_cache, warn)
     if summary["main_process"]:
+        if args.metrics:
+            write_train_metrics(args.metrics, args.live, summary["train_sequences"])
         print(f"train: done at step {summary['global_step']} on {summary['world_size']} process(es), "
               f"{summary['train_sequences']} training sequences, loss {summary.get('train_loss', float('nan')):.4f}, "
               f"{summary.get('train_runtime', 0):.0f}s")
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, log="train")

@@ -34,9 +34,13 @@ def stages_run(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
+# What a project needs to run the pipeline: its code, and the input folders the stages depend on.
+PROJECT_FILES = ("dvc.yaml", "stages", "sqltune", ".dvcignore", "data/raw", "data/databases")
+
+
 def make_project(dest: Path, overrides: dict) -> Path:
     """A git + DVC repo holding the pipeline code and params.yaml = default + overrides."""
-    for item in ("dvc.yaml", "stages", "sqltune", ".dvcignore"):
+    for item in PROJECT_FILES:
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / item, **(
             {"ignore": shutil.ignore_patterns("__pycache__")} if src.is_dir() else {}))
@@ -49,6 +53,13 @@ def make_project(dest: Path, overrides: dict) -> Path:
     run(["git", "add", "-A"], dest)
     run(GIT + ["commit", "-q", "-m", "project"], dest)
     return dest
+
+
+def commit(project: Path, message: str = "pipeline run") -> None:
+    """Commit everything, as a user does after `dvc repro`: queued and --temp experiments start
+    from the last commit plus changes to files that git tracks."""
+    run(["git", "add", "-A"], project)
+    run(GIT + ["commit", "-q", "--allow-empty", "-m", message], project)
 
 
 def tiny_llama(out: Path, tokenizer_dir: Path, pad_token_id: int | None = 2) -> Path:

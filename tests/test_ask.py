@@ -132,7 +132,7 @@ def geo_model(tokenizer_dir, tmp_path_factory):
     for cmd in (["stages/train.py", "--data", str(d / "train.jsonl"), "--checkpoints", str(d / "ckpt"),
                  "--live", str(d / "live")],
                 ["stages/merge.py", "--data", str(d / "test.jsonl"), "--out", str(d / "merged"),
-                 "--metrics", str(d / "merge.json"), "--eval-metrics", str(d / "none.json")]):
+                 "--metrics", str(d / "merge.json")]):
         done = subprocess.run([sys.executable, *cmd, *common], cwd=ROOT, env=env(), capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
     return d / "merged"

@@ -56,3 +56,42 @@ def test_metrics_are_git_tracked_json():
         for m in stage.get("metrics", []):
             (path, opts), = m.items()
             assert path.endswith(".json") and opts["cache"] is False
+
+
+def outputs(stage: dict) -> dict[str, dict]:
+    """{path: options} of a stage's outs and metrics."""
+    found = {}
+    for entry in stage.get("outs", []) + stage.get("metrics", []):
+        path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+        found[path] = opts or {}
+    return found
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_uncached_outputs_are_in_git(stage):
+    """An output that DVC does not cache must be one git tracks: queued and --temp experiments run in
+    a copy of the last commit, and an output missing there makes DVC rerun its stage (retrain)."""
+    import subprocess
+
+    for path, opts in outputs(STAGES[stage]).items():
+        if opts.get("cache") is False:
+            # Also a path inside: a pattern with a trailing slash matches only an existing folder.
+            probes = (path, f"{path}/x")
+            ignored = [p for p in probes if subprocess.run(["git", "check-ignore", "-q", p], cwd=ROOT).returncode == 0]
+            assert not ignored, f"{path} is neither cached by DVC nor tracked by git"
+
+
+def test_local_inputs_are_folders_the_stages_depend_on():
+    assert "data/raw" in STAGES["prepare"]["deps"]
+    evaluate = STAGES["evaluate"]
+    folder = evaluate["cmd"].split("--databases ")[1].split()[0]  # the folder evaluate.db_dir must be inside
+    assert folder == "data/databases" and folder in evaluate["deps"]
+
+
+def test_merge_reads_nothing_of_the_evaluation():
+    """An evaluate change (settings, test rows, scores) must not re-merge the model."""
+    merge = STAGES["merge"]
+    evaluate_outputs = set(outputs(STAGES["evaluate"]))
+    assert not evaluate_outputs & set(merge["deps"])
+    assert "data/prepared/test.jsonl" not in merge["deps"] and "data/prepared/test.jsonl" not in merge["cmd"]
+    assert not [p for p in merge["params"] if p.split(".")[0] == "evaluate"]

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from dvc_project import make_project, run, stages_run
+from sqltune.merging import eval_section
 
 TINY = {
     "prepare": {"train_size": 24, "test_size": 8},
@@ -33,8 +34,11 @@ def test_outputs(project):
     for model in ("base", "finetuned"):
         assert ev[model]["n"] == 8 and 0 <= ev[model]["execution_accuracy_all"] <= 1
     assert json.loads((project / "metrics/prepare.json").read_text())["train_rows"] == 24
-    card = (project / "models/merged/README.md").read_text()
-    assert "## Evaluation" in card and f"| finetuned | {ev['finetuned']['execution_accuracy']:.3f} |" in card
+    assert "by_feature" in json.loads((project / "metrics/eval/details.json").read_text())["finetuned"]
+    # The merged model's card holds no evaluation (merge does not depend on it); upload adds it.
+    assert "## Evaluation" not in (project / "models/merged/README.md").read_text()
+    section = eval_section(project / "metrics/eval/metrics.json", project / "dvc.lock")
+    assert f"| finetuned | {ev['finetuned']['execution_accuracy']:.3f} |" in section
     assert 0 <= json.loads((project / "metrics/merge.json").read_text())["parity"] <= 1
     preds = [json.loads(line) for line in (project / "metrics/predictions.jsonl").read_text().splitlines()]
     assert {p["model"] for p in preds} == {"base", "finetuned"} and len(preds) == 16
@@ -52,11 +56,12 @@ def test_second_repro_is_a_noop(project):
     assert stages_run(run(["dvc", "repro"], project)) == []
 
 
-def test_evaluate_param_reruns_evaluate_and_the_card(project):
+def test_evaluate_param_reruns_evaluate_only(project):
     out = run(["dvc", "exp", "run", "-S", "evaluate.n_databases=3"], project)
-    assert stages_run(out) == ["evaluate", "merge"]  # merge: the model card shows the eval metrics
-    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project)
+    assert stages_run(out) == ["evaluate"]
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).splitlines()[0].split(",")
     assert "finetuned.execution_accuracy" in shown and "evaluate.n_databases" in shown
+    assert not any("by_feature" in c or "seconds" in c for c in shown)  # breakdowns and timings are no metrics
     assert "finetuned.exact_match" in run(["dvc", "metrics", "show"], project)
     plots = json.loads(run(["dvc", "plots", "show", "--json"], project))
     assert any(name.endswith("loss.tsv") for name in plots["data"])
