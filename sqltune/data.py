@@ -232,9 +232,26 @@ def load_clean(spec: str, p: PrepareParams, revision: str | None = None) -> tupl
     return kept, dropped
 
 
-def build_splits(p: PrepareParams, seed: int) -> tuple[list[dict], list[dict], dict]:
+def is_local(spec: str) -> bool:
+    """A dataset read from a file or folder here (not the embedded set, not a hub id)."""
+    return spec != EMBEDDED and (Path(spec).suffix.lower() in LOCAL_FORMATS or Path(spec).exists())
+
+
+def require_tracked(p: PrepareParams, raw_dir: str | Path) -> None:
+    """Local datasets must lie in the folder the prepare stage depends on, so that DVC sees them change."""
+    from sqltune.io import require_inside
+
+    for key, spec in (("prepare.dataset", p.dataset), ("prepare.test_dataset", p.test_dataset)):
+        if spec is not None and is_local(spec):
+            require_inside(spec, raw_dir, key)
+
+
+def build_splits(p: PrepareParams, seed: int, raw_dir: str | Path | None = None) -> tuple[list[dict], list[dict], dict]:
     """Load, clean, de-duplicate and split. With ``test_dataset`` the test rows come from that source
-    instead. In the stats ``dropped`` maps each reason to its count; ``flat_stats`` is the file form."""
+    instead. In the stats ``dropped`` maps each reason to its count; ``flat_stats`` is the file form.
+    ``raw_dir``: the DVC-tracked folder that local datasets must be inside (None: no such rule)."""
+    if raw_dir is not None:
+        require_tracked(p, raw_dir)
     # A revision names a commit of one hub repository, so it pins prepare.dataset only.
     loaded, dropped = load_clean(p.dataset, p, p.revision)
     # Duplicates are no data error: reported, and not counted toward max_dropped_fraction.

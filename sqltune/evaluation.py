@@ -8,7 +8,7 @@ from pathlib import Path
 from sqltune.config import Params
 from sqltune.errors import SqltuneError
 from sqltune.generation import generate
-from sqltune.io import read_jsonl
+from sqltune.io import read_jsonl, require_inside
 from sqltune.modeling import attach_adapter, load_base_for_inference
 from sqltune.scoring import score_rows
 
@@ -35,21 +35,6 @@ def predict_and_score(model, tok, rows: list[dict], params: Params) -> tuple[dic
     summary["generation_seconds"] = round(gen_s, 2)
     summary["samples_per_second"] = round(len(rows) / gen_s, 2) if gen_s > 0 else None
     return summary, per_example
-
-
-def require_inside(value: str | None, folder: str | Path, key: str) -> None:
-    """Refuse a local input of a stage that lies outside ``folder``, the folder dvc.yaml declares as
-    that stage's dependency: DVC hashes only declared inputs, so a file elsewhere could change and
-    the stage would not rerun. Paths are compared resolved, so any spelling of a path inside the
-    folder is accepted and a symlink out of it is not."""
-    if value is None:
-        return
-    path, root = Path(value).resolve(), Path(folder).resolve()
-    if path != root and root not in path.parents:
-        raise SqltuneError(
-            f"{key} {value} is outside {folder}, the folder DVC tracks for this stage, so DVC would not "
-            f"see it change; move it into {folder}/ and set {key}: {Path(folder) / Path(value).name}"
-        )
 
 
 def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, base_cache: str | Path,

@@ -242,3 +242,18 @@ def read_jsonl(path: str | Path, *, skip_blank: bool = True) -> list[dict]:
             raise SqltuneError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)
     return rows
+
+
+def require_inside(value: str | None, folder: str | Path, key: str) -> None:
+    """Refuse a local input of a stage that lies outside ``folder``, the folder dvc.yaml declares as
+    that stage's dependency: DVC hashes only declared inputs, so a file elsewhere could change and
+    the stage would not rerun. Paths are compared resolved, so any spelling of a path inside the
+    folder is accepted and a symlink out of it is not."""
+    if value is None:
+        return
+    path, root = Path(value).resolve(), Path(folder).resolve()
+    if path != root and root not in path.parents:
+        raise SqltuneError(
+            f"{key} {value} is outside {folder}, the folder DVC tracks for this stage, so DVC would not "
+            f"see it change; move it into {folder}/ and set {key}: {Path(folder) / Path(value).name}"
+        )

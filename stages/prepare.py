@@ -24,11 +24,12 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", required=True, help="folder for train.jsonl and test.jsonl")
     ap.add_argument("--stats", required=True, help="JSON file for dataset stats")
+    ap.add_argument("--raw", default=None, help="the folder DVC tracks for datasets; local datasets must be inside it")
     args = ap.parse_args()
 
     params = load_params(args.params)
     p = params.prepare
-    train, test, stats = build_splits(p, params.seed)
+    train, test, stats = build_splits(p, params.seed, args.raw)
     out = Path(args.out)
     write_jsonl(out / "train.jsonl", ({**r, **to_messages(r, p.system_prompt)} for r in train))
     write_jsonl(out / "test.jsonl", ({**r, **to_messages(r, p.system_prompt)} for r in test))

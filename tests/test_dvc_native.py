@@ -19,7 +19,7 @@ import yaml
 
 from dvc_project import ROOT, commit, env, make_project, run, stages_run
 from sqltune.errors import SqltuneError
-from sqltune.evaluation import require_inside
+from sqltune.io import require_inside
 from sqltune.merging import eval_section
 from sqltune.metrics_log import EVAL_HEADLINE, write_eval_metrics
 
@@ -130,6 +130,27 @@ def test_evaluate_stage_refuses_an_untracked_db_dir_before_any_work(tmp_path):
     expect_clean_failure(proc, tmp_path, "evaluate.db_dir", "is outside data/databases", "move it into",
                          outputs=("metrics", "models"))
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("key", ["dataset", "test_dataset"])
+def test_prepare_refuses_a_local_dataset_outside_data_raw(tmp_path, key):
+    from test_bad_input import GOOD_ROWS, expect_clean_failure
+
+    (tmp_path / "data/raw").mkdir(parents=True)
+    rows = "\n".join(json.dumps(r) for r in GOOD_ROWS)
+    (tmp_path / "elsewhere.jsonl").write_text(rows)
+    (tmp_path / "data/raw/tracked.jsonl").write_text(rows)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare"].update({"dataset": "data/raw/tracked.jsonl", "train_size": 8, "test_size": 4, key: "elsewhere.jsonl"})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, str(ROOT / "stages/prepare.py"), "--out", "data/prepared", "--stats", "metrics/prepare.json"]
+    proc = subprocess.run([*cmd, "--raw", "data/raw"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env())
+    expect_clean_failure(proc, tmp_path, f"prepare.{key} elsewhere.jsonl is outside data/raw", "move it into data/raw/",
+                         outputs=("data/prepared", "metrics"))
+    params["prepare"][key] = "data/raw/tracked.jsonl" if key == "dataset" else None
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert subprocess.run([*cmd, "--raw", "data/raw"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=env()).returncode == 0
 
 
 def test_eval_metrics_split_headline_from_details(tmp_path):

@@ -5,7 +5,7 @@
 #   carry/g/part1, part2   the SmolLM2 GGUF, xz-compressed and cut at 29,000,000 bytes so that each
 #                          part of the bundle (with its wheels and this checkout) stays under 64 MiB
 #   carry/tok              the embedded model's tokenizer and 20,000 WikiSQL train rows (for bench/: enough for group_by_length to group as in a real run)
-#   carry/data             ../shared's WikiSQL train and dev, xz
+#   carry/data             ../shared's WikiSQL train and dev and Spider dev, xz
 set -euo pipefail
 py=.venv/bin/python
 shared=../shared/data/create_context
@@ -29,7 +29,7 @@ tok=$(ls -d models/base/*/ 2>/dev/null | head -1)
 (cd "$tok" && tar -cf - tokenizer.json tokenizer_config.json chat_template.jinja config.json generation_config.json) \
   | xz -9e > carry.tmp/tok/tokenizer.tar.xz
 head -20000 "$shared/wikisql_train.jsonl" | xz -9 > carry.tmp/tok/rows.jsonl.xz
-for f in wikisql_train wikisql_dev; do xz -9 -c "$shared/$f.jsonl" > "carry.tmp/data/$f.jsonl.xz"; done
+for f in wikisql_train wikisql_dev spider_dev; do xz -9 -c "$shared/$f.jsonl" > "carry.tmp/data/$f.jsonl.xz"; done
 rm -rf carry && mv carry.tmp carry
 # Each part goes to the machine together with the checkout; both must stay under 64 MiB.
 repo=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 du -cb | tail -1 | cut -f1)

