@@ -11,13 +11,15 @@ as a number: no ``true`` for 1, no quoted "8", no ``.inf`` or ``.nan``.
 
 from __future__ import annotations
 
+import re
 import reprlib
 import string
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from sqltune.errors import SqltuneError
 
@@ -351,6 +353,73 @@ class MergeParams(_Strict):
     parity_samples: int = Field(default=32, ge=0)
 
 
+_HUB_LICENSE = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}")
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
+_HUB_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}")
+
+
+def _hub_license(value: str) -> str:
+    if not _HUB_LICENSE.fullmatch(value):
+        raise ValueError("must be a Hub license identifier in lower case, such as apache-2.0, mit or llama3.1 "
+                         "(other for a custom license)")
+    return value
+
+
+def _list_of(what: str, pattern: re.Pattern, example: str, at_least_one: bool):
+    """A YAML list of distinct strings that each match ``pattern``, checked up front so that a bad
+    value gets one message naming the fix (not one per element and rule)."""
+
+    def check(v):
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ValueError(f"must be a list of {what}, such as {example}")
+        bad = [x for x in v if not pattern.fullmatch(x)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: not {what}; write them like {example}")
+        repeated = sorted({x for x in v if v.count(x) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once; keep one of each")
+        if at_least_one and not v:
+            raise ValueError(f"needs at least one of the {what}, such as {example}")
+        return v
+
+    return Annotated[list[str], BeforeValidator(check)]
+
+
+class CardParams(_Strict):
+    """What the model cards declare beyond what the run itself determines (base, data, scores)."""
+
+    # Every sqltune card (and the READMEs that train and merge write) carries these; `tags` adds to them.
+    BASE_TAGS: ClassVar[tuple[str, ...]] = ("text-to-sql", "sql", "sqltune", "lora")
+    # How a model derives from its base (the Hub's base_model_relation) -> the library that loads it.
+    LIBRARIES: ClassVar[dict[str, str]] = {"adapter": "peft", "merge": "transformers"}
+
+    # The license a fine-tune inherits from its base: apache-2.0 is the embedded SmolLM2's; the
+    # Llama presets say llama3.1.
+    license: Annotated[str, AfterValidator(_hub_license)] = "apache-2.0"
+    # The languages the model answers questions in.
+    language: _list_of("language codes (ISO 639)", _LANGUAGE_CODE, "[en] or [en, fr]", at_least_one=True) = ["en"]
+    # Extra Hub tags; no spaces, since the Hub's tag filter takes a tag as one word.
+    tags: _list_of("tags (letters, digits and - _ . : +)", _HUB_TAG, "[spider, wikisql]", at_least_one=False) = []
+
+    @classmethod
+    def metadata(cls, base_model: str, relation: str, extra_tags: tuple[str, ...] | list[str] = (), **fields):
+        """The front matter (huggingface_hub's ModelCardData) that every sqltune README and card
+        starts from: the base, how this model derives from it, the library that loads it."""
+        from huggingface_hub import ModelCardData
+
+        return ModelCardData(base_model=base_model, base_model_relation=relation, library_name=cls.LIBRARIES[relation],
+                             pipeline_tag="text-generation", tags=[*cls.BASE_TAGS, *extra_tags], **fields)
+
+    @field_validator("tags")
+    @classmethod
+    def _not_base_tags(cls, tags: list[str]) -> list[str]:
+        doubled = [t for t in tags if t in cls.BASE_TAGS]
+        if doubled:
+            raise ValueError(f"{', '.join(doubled)} {'is' if len(doubled) == 1 else 'are'} on every card already; "
+                             "list only extra tags")
+        return tags
+
+
 class Params(_Strict):
     seed: int = Field(default=42, ge=0, lt=SEED_LIMIT)
     model: ModelParams
@@ -358,6 +427,7 @@ class Params(_Strict):
     train: TrainParams
     evaluate: EvaluateParams = EvaluateParams()
     merge: MergeParams = MergeParams()
+    card: CardParams = CardParams()
 
 
 # Pydantic's type messages say what was expected; these also say how to write it in YAML.

@@ -22,14 +22,15 @@ def to_eval_dtype(model, dtype: str):
     return model.to(getattr(torch, dtype))
 
 
-def predict_and_score(model, tok, rows: list[dict], params: Params) -> tuple[dict, list[dict]]:
+def predict_and_score(model, tok, rows: list[dict], params: Params, name: str | None = None) -> tuple[dict, list[dict]]:
+    """``name`` (the model's) labels the progress bars; without it there are none."""
     e = params.evaluate
     t0 = time.perf_counter()
-    preds = generate(model, tok, [r["prompt"] for r in rows], e)
+    preds = generate(model, tok, [r["prompt"] for r in rows], e, desc=name and f"{name}: generating")
     gen_s = time.perf_counter() - t0
     summary, per_example = score_rows(
         rows, preds, n_databases=e.n_databases, seed=params.seed, timeout_s=e.query_timeout_s,
-        db_dir=e.db_dir, value_case=e.value_case, workers=e.score_workers,
+        db_dir=e.db_dir, value_case=e.value_case, workers=e.score_workers, desc=name and f"{name}: scoring",
     )
     summary["scoring_seconds"] = round(time.perf_counter() - t0 - gen_s, 2)
     summary["generation_seconds"] = round(gen_s, 2)
@@ -48,9 +49,9 @@ def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, bas
     model = to_eval_dtype(model, params.evaluate.dtype)
     results = {}
     if params.evaluate.score_base:
-        results["base"] = predict_and_score(model, tok, rows, params)
+        results["base"] = predict_and_score(model, tok, rows, params, "base")
     # Merged in memory: the same weights the merge stage ships, and no LoRA matmuls per token
     # (tests/test_generation.py checks that greedy output equals the unmerged adapter's).
     model = attach_adapter(model, adapter_dir)
-    results["finetuned"] = predict_and_score(model, tok, rows, params)
+    results["finetuned"] = predict_and_score(model, tok, rows, params, "finetuned")
     return rows, results

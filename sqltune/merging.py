@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sqltune.config import EvaluateParams, Params
+from sqltune.config import CardParams, EvaluateParams, Params
 from sqltune.errors import SqltuneError
 from sqltune.modeling import attach_adapter, load_base_for_inference
 from sqltune.generation import generate
@@ -19,12 +19,44 @@ PROMPT_FILE = "sqltune.json"  # the system prompt the model was trained with, fo
 PARITY_MAX_NEW_TOKENS = 64
 
 
-def check_same_model(metrics_file: str | Path, lock_file: str | Path) -> None:
-    """Refuse evaluation numbers of another model than the merged one. Merge does not depend on the
-    evaluation (an evaluate setting must not re-merge the model), so dvc.lock is what ties them:
-    every input that the evaluate and merge stages share (the adapter, the base model's params, the
-    code) must have the same hash in both. Without both entries (stages run by hand) there is
-    nothing to compare."""
+# The stages whose dvc.lock entries must agree before a card is shipped with a model: the adapter
+# (train), its scores (evaluate), the merged weights (merge) and the card (card).
+SHIPPED_STAGES = ("train", "evaluate", "merge", "card")
+
+
+def _stage_inputs(stage: dict) -> dict:
+    """{path: md5} of a dvc.lock stage's deps and outs, and {key: value} of its params as listed."""
+    files = {d.get("path"): d.get("md5") for d in (stage.get("deps") or []) + (stage.get("outs") or [])
+             if isinstance(d, dict)}
+    params = {key: value for values in (stage.get("params") or {}).values() if isinstance(values, dict)
+              for key, value in values.items()}
+    return {**files, **params}
+
+
+def _lookup(inputs: dict, key: str) -> tuple[bool, object]:
+    """A value of ``inputs`` by its key, or inside a listed section: one stage lists `evaluate`,
+    another only `evaluate.n_databases`."""
+    if key in inputs:
+        return True, inputs[key]
+    parts = key.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        node = inputs.get(".".join(parts[:cut]))
+        for part in parts[cut:]:
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return True, node
+    return False, None
+
+
+def check_same_model(what: str | Path, lock_file: str | Path, stages: tuple[str, ...] = ("evaluate", "merge"),
+                     problem: str = "scores another model than the merged one") -> None:
+    """Refuse ``what`` (evaluation numbers, a model card) when dvc.lock shows that ``stages`` ran on
+    different inputs. Merge and card do not depend on one another nor merge on the evaluation (an
+    evaluate setting must not re-merge the model), so dvc.lock is what ties them: every file (input
+    or output) and param that two of these stages share must have the same hash or value in both.
+    Stages without an entry (run by hand) have nothing to compare."""
     import yaml
 
     if not Path(lock_file).is_file():
@@ -33,49 +65,50 @@ def check_same_model(metrics_file: str | Path, lock_file: str | Path) -> None:
         lock = yaml.safe_load(Path(lock_file).read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError):
         raise SqltuneError(f"{lock_file} is not valid YAML; restore it (git checkout) or rerun `dvc repro`") from None
-    stages = (lock.get("stages") if isinstance(lock, dict) else None) or {}
-    if not isinstance(stages.get("evaluate"), dict) or not isinstance(stages.get("merge"), dict):
-        return
+    entries = (lock.get("stages") if isinstance(lock, dict) else None) or {}
+    ran = [(name, _stage_inputs(entries[name])) for name in stages if isinstance(entries.get(name), dict)]
+    for i, (first, a) in enumerate(ran):
+        for second, b in ran[i + 1:]:
+            differ = []
+            for key in sorted(a.keys() | b.keys()):
+                (in_a, va), (in_b, vb) = _lookup(a, key), _lookup(b, key)
+                if in_a and in_b and va != vb:
+                    differ.append(key)
+            if differ:
+                raise SqltuneError(
+                    f"{what} {problem}: in {lock_file}, {first} and {second} ran on different "
+                    f"{', '.join(differ)}; run `dvc repro` so that both are up to date"
+                )
 
-    def inputs(stage: dict) -> dict:
-        deps = {d.get("path"): d.get("md5") for d in stage.get("deps") or [] if isinstance(d, dict)}
-        params = {key: value for values in (stage.get("params") or {}).values() if isinstance(values, dict)
-                  for key, value in values.items()}
-        return {**deps, **params}
 
-    scored, merged = inputs(stages["evaluate"]), inputs(stages["merge"])
-    differ = sorted(k for k in scored.keys() & merged.keys() if scored[k] != merged[k])
-    if differ:
-        raise SqltuneError(
-            f"{metrics_file} scores another model than the merged one: in {lock_file}, evaluate and merge "
-            f"ran on different {', '.join(differ)}; run `dvc repro` so that both are up to date"
-        )
+def eval_table(metrics: dict, labels: dict[str, str] | None = None) -> str:
+    """The evaluation table (markdown): one row per model of the evaluate stage's metrics,
+    ``labels`` renaming rows (base, finetuned) for readers."""
+    rows = [f"| {(labels or {}).get(name, name)} | {score_text(s['execution_accuracy'])} | "
+            f"{score_text(s.get('exact_match'))} | {s.get('n')} |"
+            for name, s in metrics.items() if isinstance(s, dict) and "execution_accuracy" in s]
+    return "| model | execution accuracy | exact match | n |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
 
 
 def eval_section(metrics_file: str | Path | None, lock_file: str | Path = "dvc.lock") -> str:
-    """The model card's evaluation table, from the evaluate stage's metrics (empty without them),
-    refused when they are not the merged model's (check_same_model)."""
+    """An evaluation section from the evaluate stage's metrics (empty without them), refused when
+    they are not the merged model's (check_same_model)."""
     if metrics_file is None or not Path(metrics_file).is_file():
         return ""
     check_same_model(metrics_file, lock_file)
-    m = json.loads(Path(metrics_file).read_text())
-    rows = [f"| {name} | {score_text(s['execution_accuracy'])} | {score_text(s.get('exact_match'))} | {s.get('n')} |"
-            for name, s in m.items() if isinstance(s, dict) and "execution_accuracy" in s]
-    return "\n## Evaluation\n\n| model | execution accuracy | exact match | n |\n|---|---|---|---|\n" + \
-        "\n".join(rows) + "\n"
+    return "\n## Evaluation\n\n" + eval_table(json.loads(Path(metrics_file).read_text()))
 
 
-def model_card(params: Params) -> str:
-    """README.md of the merged model: base, training data and training params. It holds nothing
-    that evaluate makes: `sqltune upload` adds the evaluation table (eval_section) to the card it
-    pushes."""
+def model_card(params: Params, base_model: str) -> str:
+    """README.md of the merged model: metadata, base, training data and training params. It holds
+    nothing that evaluate makes; the card stage writes the card that ships, with the evaluation."""
     import yaml
 
     p = params.prepare
     return (
-        f"---\nbase_model: {params.model.name}\nlibrary_name: transformers\ntags: [text-to-sql, sqltune, lora]\n---\n"
-        f"# {params.model.name}, fine-tuned for text-to-SQL with sqltune\n\n"
-        f"- **Base model:** {params.model.name}\n"
+        f"---\n{CardParams.metadata(base_model, 'merge').to_yaml()}\n---\n"
+        f"# {base_model}, fine-tuned for text-to-SQL with sqltune\n\n"
+        f"- **Base model:** {base_model}\n"
         f"- **Data:** {p.dataset} ({p.train_size} train rows, {p.split} split, seed {params.seed})\n"
         f"- **Adapter merged into** full-precision weights; prompt format in `{PROMPT_FILE}`.\n\n"
         f"## Training params\n\n```yaml\n{yaml.safe_dump(params.train.model_dump(), sort_keys=False)}```\n"
@@ -97,12 +130,16 @@ def merge(params: Params, adapter_dir: str | Path, out_dir: str | Path, base_cac
     prompts = [r["prompt"] for r in read_jsonl(parity_file)[: params.merge.parity_samples]]
     gen = EvaluateParams(max_new_tokens=PARITY_MAX_NEW_TOKENS)
     before = generate(peft_model, tok, prompts, gen)
+    base_model = next(iter(peft_model.peft_config.values())).base_model_name_or_path  # as train named it
     merged = peft_model.merge_and_unload()
     after = generate(merged, tok, prompts, gen)
+    # A base converted from GGUF keeps the GGUF's free-text model name in its config; the shipped
+    # config carries none, as the upstream's own does not.
+    merged.config.__dict__.pop("_model_name_or_path", None)
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(params))
+        (tmp / "README.md").write_text(model_card(params, base_model))
         (tmp / PROMPT_FILE).write_text(json.dumps({"system_prompt": params.prepare.system_prompt}))
     same = sum(a == b for a, b in zip(before, after))
     return {"parity": same / len(prompts) if prompts else None, "parity_samples": len(prompts),

@@ -69,6 +69,7 @@ def convert_gguf(gguf: Path, out_dir: Path, upstream: str) -> Path:
         del model.config.quantization_config
     # The GGUF carries a free-text name and no length limit: give the folder the upstream's id and
     # the model's real context, as the upstream's own files have them.
+    model.config.__dict__.pop("_model_name_or_path", None)  # the GGUF's free-text name
     model.config._name_or_path = upstream
     tok.name_or_path = upstream
     tok.model_max_length = model.config.max_position_embeddings
@@ -232,7 +233,12 @@ def load_base_for_inference(params: Params, base_cache: str | Path):
 
 
 def attach_adapter(model, adapter_dir: str | Path, merge: bool = True):
+    import warnings
+
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    with warnings.catch_warnings():
+        # PEFT itself reads transformers' deprecated `is_gradient_checkpointing`; nothing to fix here.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     return peft_model.merge_and_unload() if merge else peft_model

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from sqltune.config import LoraParams, Params, TrainerParams
+from sqltune.config import CardParams, LoraParams, Params, TrainerParams
 from sqltune.errors import SqltuneError
 
 # Files a checkpoint must hold to be resumable; a kill during save leaves some missing.
@@ -63,8 +63,8 @@ def sft_config(tp: TrainerParams, out_dir: str | Path, seed: int, dtype, **overr
         train_sampling_strategy="group_by_length" if tp.group_by_length else "random",
         dataset_num_proc=tp.tokenize_procs if tp.tokenize_procs > 1 else None,
         completion_only_loss=tp.completion_only_loss,
-        gradient_checkpointing=tp.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"every_n_layers": tp.checkpoint_every_n_layers, "use_reentrant": False}
+        activation_checkpointing=tp.gradient_checkpointing,  # transformers' name for it since v5
+        activation_checkpointing_kwargs={"every_n_layers": tp.checkpoint_every_n_layers, "use_reentrant": False}
         if tp.gradient_checkpointing else None,
         use_liger_kernel=use_liger(tp.use_liger_kernel),
         bf16=dtype == torch.bfloat16,
@@ -283,6 +283,17 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=1800))
 
 
+def adapter_readme(base_id: str) -> str:
+    """README.md of a saved adapter, in place of PEFT's empty template: its metadata and what it is.
+    It holds no evaluation, which comes later; the card stage writes the card that ships."""
+    return (
+        f"---\n{CardParams.metadata(base_id, 'adapter').to_yaml()}\n---\n"
+        f"# LoRA adapter for {base_id}, fine-tuned for text-to-SQL with sqltune\n\n"
+        "Load it onto its base with PEFT (`PeftModel.from_pretrained(base, this_folder)`); the tokenizer "
+        "saved beside it holds the chat template the adapter was trained with.\n"
+    )
+
+
 def save_adapter(trainer, tok, adapter_dir: str | Path, base_id: str, revision: str | None = None) -> None:
     """Only the main process writes. Under FSDP every process first joins the gather of the full
     (LoRA) weights from their shards."""
@@ -298,8 +309,10 @@ def save_adapter(trainer, tok, adapter_dir: str | Path, base_id: str, revision: 
             config.base_model_name_or_path = base_id
             config.revision = revision
         with atomic_dir(adapter_dir) as tmp:
-            model.save_pretrained(tmp, state_dict=state_dict)
+            # LoRA targets no embedding layer, so PEFT needs no look at the base's hub config.
+            model.save_pretrained(tmp, state_dict=state_dict, save_embedding_layers=False)
             tok.save_pretrained(tmp)
+            (tmp / "README.md").write_text(adapter_readme(base_id))
     acc.wait_for_everyone()
 
 

@@ -12,8 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sqltune.cards import for_repo
 from sqltune.errors import SqltuneError
-from sqltune.merging import eval_section
+from sqltune.merging import SHIPPED_STAGES, check_same_model
 
 
 def credentials(env_file: str | Path = ".env") -> tuple[str, str]:
@@ -62,10 +63,11 @@ def check_no_secret(files: list[Path], token: str) -> None:
             raise SqltuneError(f"{p} contains HF_TOKEN; remove the token from it before uploading")
 
 
-def plan(folder: Path, repo_id: str, private: bool, files: list[Path], left_out: list[Path]) -> str:
+def plan(folder: Path, repo_id: str, private: bool, files: list[Path], left_out: list[Path], card_file: Path) -> str:
     visibility = "private" if private else "PUBLIC: anyone can download it"
-    lines = [f"will push {len(files)} files of {folder} to https://huggingface.co/{repo_id} ({visibility}):"]
+    lines = [f"will push {len(files) + 1} files of {folder} to https://huggingface.co/{repo_id} ({visibility}):"]
     lines += [f"  {p.relative_to(folder)}  {p.stat().st_size / 2**20:.1f} MiB" for p in files]
+    lines.append(f"  README.md  the model card, from {card_file}")
     if left_out:
         lines.append(f"left out ({len(left_out)}, not model files): "
                      + ", ".join(str(p.relative_to(folder)) for p in left_out))
@@ -82,12 +84,12 @@ def confirm(question: str, yes: bool) -> None:
 
 
 def push(folder: Path, repo_id: str, token: str, private: bool, card: str, files: list[Path]) -> str:
-    """Create the repo and push the chosen files; the card (README.md) goes up with the eval metrics
-    added, so the DVC-tracked folder itself is never modified."""
+    """Create the repo and push the chosen files, then the card as README.md: the card stage's, not
+    the README inside the model folder, which holds no evaluation."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    names = [p.name for p in files if p.name != "README.md"]
+    names = [p.name for p in files]
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="sqltune upload",
@@ -100,14 +102,30 @@ def push(folder: Path, repo_id: str, token: str, private: bool, card: str, files
     return f"https://huggingface.co/{repo_id}"
 
 
+# `sqltune upload` rebuilds these before pushing: the card stage reads evaluate's scores and merge
+# does not, so only together are the card and the model of one run.
+REPRO_STAGES = ("evaluate", "merge", "card")
+
+
 def merge_with_dvc() -> None:
-    proc = subprocess.run(["dvc", "repro", "merge"], text=True)
+    proc = subprocess.run(["dvc", "repro", *REPRO_STAGES], text=True)
     if proc.returncode != 0:
-        raise SqltuneError("`dvc repro merge` failed; see its output above")
+        raise SqltuneError(f"`dvc repro {' '.join(REPRO_STAGES)}` failed; see its output above")
+
+
+def shipped_card(cards: Path, kind: str, lock_file: str | Path = "dvc.lock") -> tuple[Path, str]:
+    """The card stage's card for ``kind`` (merged | adapter), refused when missing or when dvc.lock
+    shows it was made from other inputs than the model and scores it ships with."""
+    card_file = cards / kind / "README.md"
+    if not card_file.is_file():
+        raise SqltuneError(f"{card_file} not found: the model card comes from the card stage; run `dvc repro card`")
+    stages = SHIPPED_STAGES if kind == "merged" else tuple(s for s in SHIPPED_STAGES if s != "merge")
+    check_same_model(card_file, lock_file, stages, problem=f"does not describe the {kind} model")
+    return card_file, card_file.read_text(encoding="utf-8")
 
 
 def upload(repo: str | None, merged: Path, adapter: Path, skip_merge: bool, skip_upload: bool,
-           private: bool = True, yes: bool = False, say=print) -> str | None:
+           private: bool = True, yes: bool = False, say=print, cards: Path = Path("models/cards")) -> str | None:
     if skip_merge and skip_upload:
         raise SqltuneError("--skip-merge with --skip-upload leaves nothing to do; drop one of them")
     if not skip_merge:
@@ -116,16 +134,14 @@ def upload(repo: str | None, merged: Path, adapter: Path, skip_merge: bool, skip
         say(f"merged model in {merged}; not uploaded (--skip-upload)")
         return None
     token, user = credentials()
-    folder = adapter if skip_merge else merged
+    folder, kind = (adapter, "adapter") if skip_merge else (merged, "merged")
     repo_id = repo if repo and "/" in repo else f"{user}/{repo or 'sqltune-' + folder.name}"
     files, left_out = select_files(folder)
-    check_no_secret(files, token)
-    say(plan(folder, repo_id, private, files, left_out))
+    files = [p for p in files if p.name != "README.md"]  # the card stage's card goes up in its place
+    card_file, card = shipped_card(cards, kind)
+    check_no_secret([*files, card_file], token)
+    say(plan(folder, repo_id, private, files, left_out, card_file))
     confirm(f"push to {repo_id} ({'private' if private else 'public'})?", yes)
-    card_file = folder / "README.md"
-    card = card_file.read_text() if card_file.is_file() else f"# {repo_id}\n"
-    if "## Evaluation" not in card:  # the merged model's card has it; an adapter's (PEFT's) does not
-        card += eval_section("metrics/eval/metrics.json")
-    url = push(folder, repo_id, token, private, card, files)
+    url = push(folder, repo_id, token, private, for_repo(card, repo_id), files)
     say(f"pushed: {url}")
     return url

@@ -86,7 +86,7 @@ def project(tiny_model_dir, tmp_path_factory) -> Path:
     proj = make_project(tmp_path_factory.mktemp("native"), config(tiny_model_dir))
     write_inputs(proj)
     commit(proj, "inputs")
-    assert stages_run(run(["dvc", "repro"], proj)) == ["prepare", "train", "evaluate", "merge"]
+    assert sorted(stages_run(run(["dvc", "repro"], proj))) == ["card", "evaluate", "merge", "prepare", "train"]
     commit(proj)
     return proj
 
@@ -212,14 +212,14 @@ def test_editing_a_dataset_row_reruns_the_pipeline_once(project):
     edit_a_used_row(project, "data/raw/train.jsonl", "data/prepared/train.jsonl")
     status = run(["dvc", "status"], project)
     assert "prepare:" in status and "data/raw" in status
-    assert stages_run(run(["dvc", "repro"], project)) == ["prepare", "train", "evaluate", "merge"]
+    assert sorted(stages_run(run(["dvc", "repro"], project))) == ["card", "evaluate", "merge", "prepare", "train"]
     assert stages_run(run(["dvc", "repro"], project)) == []
     commit(project, "train row edited")
 
 
 def test_editing_a_test_row_reruns_prepare_and_evaluate_only(project):
     edit_a_used_row(project, "data/raw/test.jsonl", "data/prepared/test.jsonl")
-    assert stages_run(run(["dvc", "repro"], project)) == ["prepare", "evaluate"]
+    assert stages_run(run(["dvc", "repro"], project)) == ["prepare", "evaluate", "card"]
     commit(project, "test row edited")
 
 
@@ -227,13 +227,13 @@ def test_replacing_a_database_reruns_evaluate_only(project):
     db = next((project / "data/databases/dbs").glob("*.sqlite"))
     ddl = "; ".join(r[0] for r in sqlite3.connect(db).execute("SELECT sql FROM sqlite_master WHERE type = 'table'"))
     write_database(db, ddl, rows_per_table=5)
-    assert stages_run(run(["dvc", "repro"], project)) == ["evaluate"]
+    assert stages_run(run(["dvc", "repro"], project)) == ["evaluate", "card"]
     commit(project, "database replaced")
 
 
 def test_evaluate_experiment_reruns_evaluate_only(project):
     out = run(["dvc", "exp", "run", "-S", "evaluate.n_databases=4"], project)
-    assert stages_run(out) == ["evaluate"]
+    assert stages_run(out) == ["evaluate", "card"]  # the card shows the scores; merge does not rerun
     commit(project, "n_databases 4")
 
 
@@ -256,7 +256,7 @@ def test_queued_and_temp_experiments_reuse_the_adapter(project):
     assert "Running stage 'train'" not in log and "Running stage 'merge'" not in log
 
     out = run(["dvc", "exp", "run", "--temp", "-n", "temp-eval", "-S", "evaluate.n_databases=5"], project)
-    assert stages_run(out) == ["evaluate"]
+    assert stages_run(out) == ["evaluate", "card"]
 
     rows = {r["Experiment"]: r for r in exp_show(project)}
     for name, n in (("queued-eval", "3"), ("temp-eval", "5")):

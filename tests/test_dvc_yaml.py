@@ -95,3 +95,12 @@ def test_merge_reads_nothing_of_the_evaluation():
     assert not evaluate_outputs & set(merge["deps"])
     assert "data/prepared/test.jsonl" not in merge["deps"] and "data/prepared/test.jsonl" not in merge["cmd"]
     assert not [p for p in merge["params"] if p.split(".")[0] == "evaluate"]
+
+
+def test_card_reads_scores_and_params_but_no_weights():
+    """The card stage is cheap: an evaluate change reruns it, and it needs no model files; merge, in
+    turn, reads nothing the card stage writes."""
+    card = STAGES["card"]
+    assert "metrics/eval/metrics.json" in card["deps"]
+    assert not [d for d in card["deps"] if d.startswith("models/")]
+    assert not set(outputs(card)) & set(STAGES["merge"]["deps"])

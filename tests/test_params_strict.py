@@ -25,6 +25,15 @@ def edited(*pairs: tuple[str, str]) -> str:
     return text
 
 
+def line_of(needle: str) -> int:
+    """The shipped params.yaml's (1-based) line that holds ``needle`` first."""
+    return next(i for i, line in enumerate(SHIPPED.splitlines(), 1) if needle in line)
+
+
+L_TARGETS, L_R, L_TRAIN_SIZE = line_of("    target_modules: all-linear"), line_of("    r: 16"), line_of("  train_size: 320")
+L_TRAIN, L_LORA = line_of("train:"), line_of("  lora:")
+
+
 def write(tmp_path: Path, content: str | bytes) -> Path:
     f = tmp_path / "params.yaml"
     f.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
@@ -110,7 +119,7 @@ LAUGHS = "\n".join(
 @pytest.mark.parametrize("content,needle", [
     (LAUGHS + SHIPPED.replace("seed: 42", "seed: *lol9"), "line 1, column 7: YAML anchors and aliases (&lol0, *lol0)"),
     (SHIPPED.replace("    target_modules: all-linear", "    target_modules: *lol9") + LAUGHS,
-     "line 34, column 21: YAML anchors and aliases (&lol9, *lol9)"),
+     f"line {L_TARGETS}, column 21: YAML anchors and aliases (&lol9, *lol9)"),
 ], ids=["anchors first", "alias first"])
 def test_billion_laughs_is_refused_fast_and_small(tmp_path, content, needle):
     msg = refusal_within_limits(tmp_path, content)
@@ -119,7 +128,7 @@ def test_billion_laughs_is_refused_fast_and_small(tmp_path, content, needle):
 
 @pytest.mark.parametrize("change,needle", [
     (("seed: 42", "seed: &s 42"), "line 3, column 7: YAML anchors and aliases (&s, *s)"),
-    (("  train_size: 320", "  train_size: *n"), "line 15, column 15: YAML anchors and aliases (&n, *n)"),
+    (("  train_size: 320", "  train_size: *n"), f"line {L_TRAIN_SIZE}, column 15: YAML anchors and aliases (&n, *n)"),
     (("  source: auto", "  <<: {source: auto}"), "line 7, column 3: merge keys (<<) are not allowed"),
 ], ids=["anchor", "alias", "merge key"])
 def test_anchors_aliases_and_merge_keys_are_refused(tmp_path, change, needle):
@@ -138,12 +147,12 @@ def test_oversized_file_is_refused_before_parsing(tmp_path):
 
 @pytest.mark.parametrize("change,needle", [
     (("seed: 42\n", "seed: 42\nseed: 7\n"), "line 4, column 1: duplicate key seed (first at line 3)"),
-    (("    r: 16\n", "    r: 16\n    r: 8\n"), "line 32, column 5: duplicate key train.lora.r (first at line 31)"),
+    (("    r: 16\n", "    r: 16\n    r: 8\n"), f"line {L_R + 1}, column 5: duplicate key train.lora.r (first at line {L_R})"),
     (("  name: smollm2-135m-instruct ", "  name: smollm2-135m-instruct\n  name: other "),
      "line 7, column 3: duplicate key model.name (first at line 6)"),
     (("  target_modules: all-linear", "  target_modules: [{q: 1, q: 2}]"),
-     "line 34, column 29: duplicate key train.lora.target_modules.0.q (first at line 34)"),
-    (("train:\n", "train:\n  lora: {r: 1}\n"), "line 31, column 3: duplicate key train.lora (first at line 25)"),
+     f"line {L_TARGETS}, column 29: duplicate key train.lora.target_modules.0.q (first at line {L_TARGETS})"),
+    (("train:\n", "train:\n  lora: {r: 1}\n"), f"line {L_LORA + 1}, column 3: duplicate key train.lora (first at line {L_TRAIN + 1})"),
 ], ids=["top level", "train.lora.r", "model.name", "inside a list, one line", "section"])
 def test_duplicate_key_at_any_depth_is_named_with_its_lines(tmp_path, change, needle):
     msg = refusal(tmp_path, edited(change))
@@ -192,7 +201,9 @@ def test_unconstructible_scalar_is_named_not_a_traceback(tmp_path, value, kind):
                          ids=lambda p: p.name)
 def test_shipped_files_load_with_the_new_defaults(path):
     p = load_params(path)
-    assert p.prepare.revision is None and p.evaluate.score_workers == "auto"
+    assert p.evaluate.score_workers == "auto"
+    # hub datasets are pinned to a commit; local and embedded ones have no revision
+    assert (p.prepare.revision is not None) == ("/" in p.prepare.dataset and not p.prepare.dataset.startswith("data/"))
 
 
 # ---------------------------------------------------------------- 6. library ranges
@@ -258,21 +269,22 @@ def test_valid_system_prompts_format_with_the_context(tmp_path, prompt):
 
 @pytest.mark.parametrize("value,expected", [("auto", "auto"), ("1", 1), ("256", 256)])
 def test_score_workers_accepts_auto_or_1_to_256(tmp_path, value, expected):
-    text = edited(("  value_case: exact", f"  value_case: exact\n  score_workers: {value}"))
+    text = edited(("  score_workers: auto", f"  score_workers: {value}"))
     assert load_params(write(tmp_path, text)).evaluate.score_workers == expected
 
 
 @pytest.mark.parametrize("value", ["0", "257", "-3", "true", "2.0", '"4"', "all"])
 def test_score_workers_refuses_anything_else(tmp_path, value):
-    msg = refusal(tmp_path, edited(("  value_case: exact", f"  value_case: exact\n  score_workers: {value}")))
+    msg = refusal(tmp_path, edited(("  score_workers: auto", f"  score_workers: {value}")))
     assert "evaluate.score_workers: must be a number of processes from 1 to 256 or 'auto'" in msg
 
 
 def test_prepare_revision_pins_a_hub_revision(tmp_path):
-    text = edited(("  hub_split: train", "  hub_split: train\n  revision: v1.0"))
+    pinned = "  revision: null                    # hub dataset revision"
+    text = edited((pinned, "  revision: v1.0  # hub dataset revision"))
     assert load_params(write(tmp_path, text)).prepare.revision == "v1.0"
     assert "prepare.revision: String should have at least 1 character" in refusal(
-        tmp_path, edited(("  hub_split: train", '  hub_split: train\n  revision: ""')))
+        tmp_path, edited((pinned, '  revision: ""  # hub dataset revision')))
 
 
 # ---------------------------------------------------------------- end to end
@@ -281,7 +293,7 @@ def test_prepare_revision_pins_a_hub_revision(tmp_path):
 @pytest.mark.parametrize("content,needle", [
     (b"seed: 1\n\xff\n", "params.yaml is not UTF-8 text (byte 9, line 2)"),
     (LAUGHS + SHIPPED.replace("seed: 42", "seed: *lol9"), "YAML anchors and aliases (&lol0, *lol0)"),
-    (edited(("    r: 16\n", "    r: 16\n    r: 8\n")), "duplicate key train.lora.r (first at line 31)"),
+    (edited(("    r: 16\n", "    r: 16\n    r: 8\n")), f"duplicate key train.lora.r (first at line {L_R})"),
 ], ids=["not UTF-8", "billion laughs", "duplicate key"])
 def test_prepare_stage_fails_cleanly(tmp_path, content, needle):
     write(tmp_path, content)

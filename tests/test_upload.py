@@ -5,8 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sqltune import upload as up
+from sqltune.cards import REPO_PLACEHOLDER
 from sqltune.errors import SqltuneError
 
 TOKEN = "hf_sqltuneUPLOADsecret987654321"
@@ -48,7 +50,10 @@ def workspace(tmp_path, monkeypatch):
     for name in ("merged", "adapter"):
         (tmp_path / "models" / name).mkdir(parents=True)
         (tmp_path / "models" / name / "model.safetensors").write_bytes(b"x" * 1024)
-    (tmp_path / "models/merged/README.md").write_text("# card\n")
+    (tmp_path / "models/merged/README.md").write_text("# merge's README\n")
+    for name in ("merged", "adapter"):
+        (tmp_path / "models/cards" / name).mkdir(parents=True)
+        (tmp_path / "models/cards" / name / "README.md").write_text(f"# {name} card\nmodel = \"{REPO_PLACEHOLDER}\"\n")
     (tmp_path / "metrics/eval").mkdir(parents=True)
     (tmp_path / "metrics/eval/metrics.json").write_text(json.dumps(
         {"finetuned": {"execution_accuracy": 0.5, "exact_match": 0.4, "n": 10}}))
@@ -74,8 +79,9 @@ def test_merge_then_push_with_plan_and_card(workspace):
     names = [c[0] for c in FakeApi.calls]
     assert names == ["merge", "init", "create_repo", "upload_folder", "upload_file"]
     assert FakeApi.calls[1] == ("init", TOKEN) and FakeApi.calls[2] == ("create_repo", "ada/sqltune-merged", True)
-    card = FakeApi.calls[-1][2]
-    assert card.startswith("# card") and "| finetuned | 0.500 | 0.400 | 10 |" in card
+    # The card stage's card goes up as README.md, naming the repo it is pushed to; merge's README does not.
+    assert FakeApi.calls[-1][1:] == ("README.md", '# merged card\nmodel = "ada/sqltune-merged"\n')
+    assert "README.md" not in FakeApi.calls[3][3] and "README.md  the model card, from models/cards/merged/README.md" in out
 
 
 def test_skip_merge_pushes_the_adapter(workspace, monkeypatch):
@@ -85,6 +91,7 @@ def test_skip_merge_pushes_the_adapter(workspace, monkeypatch):
     assert ("merge",) not in FakeApi.calls
     assert FakeApi.calls[1] == ("create_repo", "org/my-sql", False)
     assert FakeApi.calls[2][1].endswith("models/adapter")
+    assert FakeApi.calls[-1][1:] == ("README.md", '# adapter card\nmodel = "org/my-sql"\n')
 
 
 def test_skip_upload_only_merges(workspace):
@@ -165,3 +172,76 @@ def test_answering_no_pushes_nothing(workspace, monkeypatch):
     with pytest.raises(SqltuneError, match="cancelled"):
         run(workspace, yes=False)
     assert not [c for c in FakeApi.calls if c[0] in ("create_repo", "upload_folder")]
+
+
+def pushed(calls) -> list:
+    return [c for c in calls if c[0] in ("create_repo", "upload_folder", "upload_file")]
+
+
+def test_a_missing_card_is_refused_before_anything_is_pushed(workspace, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_USERNAME", "ada")
+    (workspace / "models/cards/merged/README.md").unlink()
+    with pytest.raises(SqltuneError, match=r"models/cards/merged/README.md not found: .* run `dvc repro card`"):
+        run(workspace)
+    assert not pushed(FakeApi.calls)
+
+
+def lock(card_metrics_md5: str = "m1", merge_train: dict | None = None) -> dict:
+    """A dvc.lock of the stages a shipped card must agree with: evaluate wrote metrics m1 for adapter
+    a1, and the card stage read ``card_metrics_md5``; merge ran on ``merge_train``."""
+    params = {"seed": 1, "model": {"name": "m"}, "train": {"lora": {"r": 8}}}
+    return {"stages": {
+        "train": {"params": {"params.yaml": params}, "outs": [{"path": "models/adapter", "md5": "a1.dir"}]},
+        "evaluate": {"deps": [{"path": "models/adapter", "md5": "a1.dir"}],
+                     "params": {"params.yaml": {"seed": 1, "model": {"name": "m"}, "evaluate": {"n_databases": 2}}},
+                     "outs": [{"path": "metrics/eval/metrics.json", "md5": "m1"}]},
+        "merge": {"deps": [{"path": "models/adapter", "md5": "a1.dir"}],
+                  "params": {"params.yaml": {**params, "train": merge_train or params["train"]}}},
+        "card": {"deps": [{"path": "metrics/eval/metrics.json", "md5": card_metrics_md5}],
+                 "params": {"params.yaml": {**params, "evaluate.n_databases": 2}}},
+    }}
+
+
+def test_a_card_of_other_scores_or_another_merge_is_refused(workspace, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_USERNAME", "ada")
+    (workspace / "dvc.lock").write_text(yaml.safe_dump(lock(card_metrics_md5="m0")))
+    with pytest.raises(SqltuneError, match=r"models/cards/merged/README.md does not describe the merged model: "
+                                           r"in dvc.lock, evaluate and card ran on different metrics/eval/metrics.json; "
+                                           r"run `dvc repro`"):
+        run(workspace)
+    (workspace / "dvc.lock").write_text(yaml.safe_dump(lock(merge_train={"lora": {"r": 4}})))
+    with pytest.raises(SqltuneError, match="train and merge ran on different train;"):
+        run(workspace)
+    assert not pushed(FakeApi.calls)
+    # The adapter ships without the merge: its card only has to agree with train and evaluate.
+    run(workspace, skip_merge=True)
+    assert FakeApi.calls[-1][:2] == ("upload_file", "README.md")
+    (workspace / "dvc.lock").write_text(yaml.safe_dump(lock()))
+    run(workspace)
+    assert FakeApi.calls[-1][2].startswith("# merged card")
+
+
+def test_a_token_inside_the_card_stops_the_upload(workspace, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_USERNAME", "ada")
+    (workspace / "models/cards/merged/README.md").write_text(f"# card\n{TOKEN}\n")
+    with pytest.raises(SqltuneError, match="README.md contains HF_TOKEN"):
+        run(workspace)
+    assert not pushed(FakeApi.calls)
+
+
+def test_merge_with_dvc_rebuilds_evaluate_merge_and_card(monkeypatch):
+    ran = []
+
+    def fake_run(cmd, text, returncode=0):
+        ran.append(cmd)
+        return type("Done", (), {"returncode": returncode})()
+
+    monkeypatch.setattr(up.subprocess, "run", fake_run)
+    up.merge_with_dvc()
+    assert ran == [["dvc", "repro", "evaluate", "merge", "card"]]
+    monkeypatch.setattr(up.subprocess, "run", lambda cmd, text: fake_run(cmd, text, returncode=1))
+    with pytest.raises(SqltuneError, match=r"`dvc repro evaluate merge card` failed"):
+        up.merge_with_dvc()
