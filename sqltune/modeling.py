@@ -6,8 +6,10 @@ import importlib.util
 import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from sqltune.config import ModelParams, Params, QuantizationParams
 from sqltune.errors import SqltuneError
@@ -232,13 +234,20 @@ def load_base_for_inference(params: Params, base_cache: str | Path):
     return model, tok
 
 
-def attach_adapter(model, adapter_dir: str | Path, merge: bool = True):
+@contextmanager
+def peft_checkpointing_warning_silenced() -> Iterator[None]:
+    """PEFT itself reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model;
+    sqltune's own calls use the new names, so that one warning says nothing a user can act on."""
     import warnings
 
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def attach_adapter(model, adapter_dir: str | Path, merge: bool = True):
     from peft import PeftModel
 
-    with warnings.catch_warnings():
-        # PEFT itself reads transformers' deprecated `is_gradient_checkpointing`; nothing to fix here.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with peft_checkpointing_warning_silenced():
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     return peft_model.merge_and_unload() if merge else peft_model

@@ -223,15 +223,18 @@ def build_trainer(params: Params, model, tok, dataset, out_dir: str | Path, call
 
     from sqltune.modeling import amp_dtype
 
+    from sqltune.modeling import peft_checkpointing_warning_silenced
+
     tp = params.train.trainer
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(tp, out_dir, params.seed, amp_dtype(tp.precision), **overrides),
-        train_dataset=dataset,
-        processing_class=tok,
-        peft_config=lora_config(params.train.lora),
-        callbacks=list(callbacks),
-    )
+    with peft_checkpointing_warning_silenced():  # PEFT wraps the model inside SFTTrainer
+        trainer = SFTTrainer(
+            model=model,
+            args=sft_config(tp, out_dir, params.seed, amp_dtype(tp.precision), **overrides),
+            train_dataset=dataset,
+            processing_class=tok,
+            peft_config=lora_config(params.train.lora),
+            callbacks=list(callbacks),
+        )
     from transformers.trainer_callback import ProgressCallback
 
     trainer.remove_callback(ProgressCallback)

@@ -81,6 +81,12 @@ def exp_show(project: Path, *flags: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--no-pager", "--csv", *flags], project))))
 
 
+def ran(output: str) -> list[str]:
+    """The stages a repro ran, the card stage left out: it reruns only when the scores it shows
+    changed, which a tiny model's few test rows may or may not do."""
+    return [s for s in stages_run(output) if s != "card"]
+
+
 @pytest.fixture(scope="module")
 def project(tiny_model_dir, tmp_path_factory) -> Path:
     proj = make_project(tmp_path_factory.mktemp("native"), config(tiny_model_dir))
@@ -212,14 +218,14 @@ def test_editing_a_dataset_row_reruns_the_pipeline_once(project):
     edit_a_used_row(project, "data/raw/train.jsonl", "data/prepared/train.jsonl")
     status = run(["dvc", "status"], project)
     assert "prepare:" in status and "data/raw" in status
-    assert sorted(stages_run(run(["dvc", "repro"], project))) == ["card", "evaluate", "merge", "prepare", "train"]
+    assert ran(run(["dvc", "repro"], project)) == ["prepare", "train", "evaluate", "merge"]
     assert stages_run(run(["dvc", "repro"], project)) == []
     commit(project, "train row edited")
 
 
 def test_editing_a_test_row_reruns_prepare_and_evaluate_only(project):
     edit_a_used_row(project, "data/raw/test.jsonl", "data/prepared/test.jsonl")
-    assert stages_run(run(["dvc", "repro"], project)) == ["prepare", "evaluate", "card"]
+    assert ran(run(["dvc", "repro"], project)) == ["prepare", "evaluate"]
     commit(project, "test row edited")
 
 
@@ -227,7 +233,7 @@ def test_replacing_a_database_reruns_evaluate_only(project):
     db = next((project / "data/databases/dbs").glob("*.sqlite"))
     ddl = "; ".join(r[0] for r in sqlite3.connect(db).execute("SELECT sql FROM sqlite_master WHERE type = 'table'"))
     write_database(db, ddl, rows_per_table=5)
-    assert stages_run(run(["dvc", "repro"], project)) == ["evaluate", "card"]
+    assert ran(run(["dvc", "repro"], project)) == ["evaluate"]
     commit(project, "database replaced")
 
 
