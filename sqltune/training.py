@@ -221,12 +221,15 @@ def build_trainer(params: Params, model, tok, dataset, out_dir: str | Path, call
     benchmark builds its trainer here too, so it measures exactly what the stage runs."""
     from trl import SFTTrainer
 
-    from sqltune.modeling import amp_dtype
+    import warnings
 
-    from sqltune.modeling import peft_checkpointing_warning_silenced
+    from sqltune.modeling import amp_dtype, peft_checkpointing_warning_silenced
 
     tp = params.train.trainer
-    with peft_checkpointing_warning_silenced():  # PEFT wraps the model inside SFTTrainer
+    with peft_checkpointing_warning_silenced(), warnings.catch_warnings():  # PEFT wraps the model inside SFTTrainer
+        # TRL's replacement for use_liger_kernel, Hub kernels, downloads them at run time, which a
+        # machine without internet access can't; Liger works as it is in the pinned TRL.
+        warnings.filterwarnings("ignore", message=".*use_liger_kernel.*deprecated.*", category=FutureWarning)
         trainer = SFTTrainer(
             model=model,
             args=sft_config(tp, out_dir, params.seed, amp_dtype(tp.precision), **overrides),
