@@ -266,8 +266,8 @@ def keep_lora_inputs(model, keep: bool = True) -> int:
     """Under autocast, stop PEFT casting each LoRA layer's input to the adapter's fp32: autocast
     casts it straight back for the bf16 matmul, so the two copies of every activation (and two of
     its gradient) change no number (with LoRA dropout on, only its multiply moves from fp32 to
-    bf16), yet were the largest GPU cost of a SmolLM2 step (copy kernels, 28% of its GPU time;
-    bench/train_throughput.py --profile). The adapter weights stay fp32. keep=False restores
+    bf16), yet were the largest GPU cost of a SmolLM2 step (copy kernels; bench/train_throughput.py
+    --profile, docs/speed.md). The adapter weights stay fp32. keep=False restores
     PEFT's cast (the bench and tests compare the two). Returns the number of LoRA layers set."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
