@@ -308,7 +308,7 @@ def test_gpu_exp_script_runs_a_named_experiment_and_packs_exp_show(project, tmp_
     (state / "baseline-params.yaml").write_text((project / "params.yaml").read_text())
     (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("n_databases: 2", "n_databases: 5"))
     done = subprocess.run(["bash", str(ROOT / "scripts/gpu/exp.sh"), "gpu-like", "evaluate", "evaluate.n_databases=4"],
-                          env={**env(), "SQLTUNE_GPU_WS": str(project), "SQLTUNE_GPU_STATE": str(state), "OUT": str(out)},
+                          env={**env(), "SQLTUNE_GPU_WS": str(project), "SQLTUNE_GPU_STATE": str(state), "SQLTUNE_GPU_RESULTS": str(out)},
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     with tarfile.open(out / "exps.tar.gz") as tar:
