@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 from sqltune.config import Params
-from sqltune.errors import SqltuneError
 from sqltune.generation import generate
 from sqltune.io import read_jsonl, require_inside
 from sqltune.modeling import attach_adapter, load_base_for_inference

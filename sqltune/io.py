@@ -87,24 +87,34 @@ def check_file_target(path: str | Path) -> None:
             return
 
 
+def _temp_beside(path: Path, created: list[Path], folder: bool) -> Path:
+    """A new temp file or folder beside ``path`` (its missing parents made and listed in
+    ``created``), with the mode a plain open()/mkdir() would give; a failure names ``path``."""
+    try:
+        _make_parents(path.parent, created)
+        prefix = "." + path.name + "."
+        if folder:
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix))
+        else:
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=prefix)
+            os.close(fd)
+            tmp = Path(name)
+        os.chmod(tmp, _default_mode(0o777 if folder else 0o666))
+        return tmp
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temp file beside ``path``; on success it replaces ``path``. On failure only the temp
     file (and folders this call created) is removed, and a previous ``path`` is left as it was."""
     raw, path = path, Path(path)
     _refuse_file_target(raw, path)
-    parent = path.parent
     created: list[Path] = []
     tmp: Path | None = None
     try:
-        try:
-            _make_parents(parent, created)
-            fd, name = tempfile.mkstemp(dir=parent, prefix="." + path.name + ".")
-            os.close(fd)
-            tmp = Path(name)
-            os.chmod(tmp, _default_mode(0o666))
-        except OSError as exc:
-            raise _write_error(path, exc) from None
+        tmp = _temp_beside(path, created, folder=False)
         try:
             yield tmp  # the caller only writes this one file: an OSError here is the location's fault
         except OSError as exc:
@@ -143,16 +153,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     that old folder itself is ever removed; on failure the old folder is left as it was."""
     raw, path = path, Path(path)
     _refuse_dir_target(raw, path)
-    parent = path.parent
     created: list[Path] = []
     tmp: Path | None = None
     try:
-        try:
-            _make_parents(parent, created)
-            tmp = Path(tempfile.mkdtemp(dir=parent, prefix="." + path.name + "."))
-            os.chmod(tmp, _default_mode(0o777))
-        except OSError as exc:
-            raise _write_error(path, exc) from None
+        tmp = _temp_beside(path, created, folder=True)
         try:
             yield tmp
         except OSError as exc:

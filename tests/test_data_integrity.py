@@ -18,7 +18,7 @@ from sqltune import io
 from sqltune.config import PrepareParams
 from sqltune.data import DROP_REASONS, build_splits, clean_rows, flat_stats, load_rows, split_counted
 from sqltune.errors import SqltuneError
-from sqltune.io import atomic_dir, atomic_file, read_jsonl, write_json, write_jsonl
+from sqltune.io import atomic_dir, read_jsonl, write_json, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
