@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import shutil
 import signal
 import sys
@@ -93,10 +94,14 @@ def code_files() -> list[Path]:
 def run_fingerprint(params: Params, train_file: str | Path, world_size: int = 1) -> str:
     """What a checkpoint depends on: params, data, code and the number of processes (the global
     batch). DVC reruns train only when one of them changed or the last run did not finish; only the
-    latter may resume, else runs would mix."""
+    latter may resume, else runs would mix. Of the launcher only what shapes the run counts: the
+    rendezvous differs per machine, and any split of the same world size resumes alike."""
+    launcher = params.train.launcher
+    train = {**params.train.model_dump(exclude={"launcher"}),
+             "launcher": {k: getattr(launcher, k) for k in launcher.RUN_SHAPING}}
     h = hashlib.sha256()
     h.update(json.dumps({"seed": params.seed, "model": params.model.model_dump(),
-                         "train": params.train.model_dump(), "world_size": world_size}, sort_keys=True).encode())
+                         "train": train, "world_size": world_size}, sort_keys=True).encode())
     for f in [Path(train_file), *code_files()]:
         h.update(f.read_bytes())
     return h.hexdigest()
@@ -129,9 +134,41 @@ def _state_readable(ckpt: Path) -> bool:
         return False
 
 
-def mark_run(ckpt_dir: Path, fingerprint: str) -> None:
+def mark_run(ckpt_dir: Path, fingerprint: str, token: str = "") -> None:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (ckpt_dir / FINGERPRINT).write_text(json.dumps({"fingerprint": fingerprint}))
+    (ckpt_dir / FINGERPRINT).write_text(json.dumps({"fingerprint": fingerprint, "token": token}))
+
+
+def agree_on_resume(procs, ckpt_dir: Path, fingerprint: str, say, required) -> Path | None:
+    """The main process picks the checkpoint to resume from (clearing stale ones) and marks the run
+    with a fresh token; the others take its pick, and all check that they see that token. A
+    machine whose checkpoint folder is not the main one's (the workspace not on shared storage)
+    thus fails here, on every process at once, and no process but the main one ever deletes."""
+    resume, token = None, secrets.token_hex(8)
+    if procs.is_main_process:
+        resume = usable_checkpoint(ckpt_dir, fingerprint, say, required)
+        mark_run(ckpt_dir, fingerprint, token)
+    if procs.num_processes == 1:
+        return resume
+    import torch.distributed as dist
+
+    from sqltune import launch
+
+    pick = [str(resume) if resume else None, token]
+    dist.broadcast_object_list(pick, src=0)
+    try:
+        seen = json.loads((ckpt_dir / FINGERPRINT).read_text())
+    except (OSError, ValueError):
+        seen = {}
+    sees = seen.get("token") == pick[1] and seen.get("fingerprint") == fingerprint
+    views = [None] * procs.num_processes
+    dist.all_gather_object(views, (sees, launch.this_machine()))
+    blind = sorted({name for ok, name in views if not ok})
+    if blind:
+        raise SqltuneError(f"{', '.join(blind)} cannot see the {ckpt_dir} that machine 0 writes (its {FINGERPRINT} "
+                           "is missing, another run's, or from other params, data or code): put the workspace on "
+                           "storage every machine shares, with the same checkout and params (docs/multi-node.md)")
+    return Path(pick[0]) if pick[0] else None
 
 
 def trim_curves(live_dir: str | Path, last_step: int) -> None:
@@ -277,16 +314,18 @@ def keep_lora_inputs(model, keep: bool = True) -> int:
     return len(layers)
 
 
-def process_state():
+def process_state(timeout_s: float = 1800):
     """Accelerate's view of this process. Under `accelerate launch` this starts the process group
-    before the model loads (FSDP's rank-0-only loading needs it) with the Trainer's own timeout;
-    alone, it is one process and every barrier below is a no-op."""
+    before the model loads (FSDP's rank-0-only loading needs it) with the Trainer's own timeout
+    (train.launcher.peer_timeout_s, also the SFTConfig's ddp_timeout): how long one collective
+    waits for the other processes. Alone, it is one process and every barrier below is a no-op."""
+    import math
     from datetime import timedelta
 
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=1800))
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=math.ceil(timeout_s)))
 
 
 def adapter_readme(base_id: str) -> str:
@@ -325,7 +364,17 @@ def save_adapter(trainer, tok, adapter_dir: str | Path, base_id: str, revision: 
 def train(params: Params, train_file: str | Path, adapter_dir: str | Path, ckpt_dir: str | Path,
           live_dir: str | Path, base_cache: str | Path, warn=print) -> dict:
     """Fine-tune a LoRA adapter; resume from the newest complete checkpoint of the same run.
-    Launched on several processes, each runs this; only the main one writes files."""
+    Launched on several processes, each runs this; only the main one (global rank 0) writes files.
+    Across machines, a machine lost mid-run ends every other one with an error naming it."""
+    from sqltune import launch
+
+    timeout_s = params.train.launcher.peer_timeout_s
+    procs = process_state(timeout_s)
+    with launch.watch_peers(timeout_s, ckpt_dir):
+        return _train(procs, params, train_file, adapter_dir, ckpt_dir, live_dir, base_cache, warn)
+
+
+def _train(procs, params: Params, train_file, adapter_dir, ckpt_dir, live_dir, base_cache, warn) -> dict:
     from datasets import Dataset
 
     from sqltune import launch
@@ -333,7 +382,6 @@ def train(params: Params, train_file: str | Path, adapter_dir: str | Path, ckpt_
     from sqltune.modeling import load_model, load_tokenizer, resolve_model
 
     tp, ckpt_dir = params.train.trainer, Path(ckpt_dir)
-    procs = process_state()
     main = procs.is_main_process
     say = warn if main else (lambda msg: None)
     with procs.main_process_first():  # an embedded model is converted once, by the main process
@@ -344,17 +392,15 @@ def train(params: Params, train_file: str | Path, adapter_dir: str | Path, ckpt_
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 
     fingerprint = run_fingerprint(params, train_file, procs.num_processes)
-    with procs.main_process_first():  # main clears stale checkpoints and marks the run; then all agree on resume
-        resume = usable_checkpoint(ckpt_dir, fingerprint, say, launch.checkpoint_files(CHECKPOINT_FILES))
-        if main:
-            mark_run(ckpt_dir, fingerprint)
+    resume = agree_on_resume(procs, ckpt_dir, fingerprint, say, launch.checkpoint_files(CHECKPOINT_FILES))
     stop = interrupt_callback()
     callbacks = [stop]
     if main:
         if resume:
             trim_curves(live_dir, int(resume.name.split("-")[-1]))
         callbacks.insert(0, dvclive_callback(live_dir, resume=resume is not None))
-    trainer = build_trainer(params, model, tok, dataset, ckpt_dir, callbacks=callbacks, **launch.trainer_overrides())
+    trainer = build_trainer(params, model, tok, dataset, ckpt_dir, callbacks=callbacks,
+                            **launch.trainer_overrides(params.train.launcher))
     if resume:
         say(f"resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)

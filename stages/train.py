@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from sqltune.config import load_params  # noqa: E402
 from sqltune.errors import run_main  # noqa: E402
-from sqltune.launch import launch_if_asked  # noqa: E402
+from sqltune.launch import launch_if_asked, log_name  # noqa: E402
 from sqltune.metrics_log import write_train_metrics  # noqa: E402
 from sqltune.runtime import keep_freed_memory  # noqa: E402
 from sqltune.training import train  # noqa: E402
@@ -27,7 +27,8 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
-    # train.launcher asks for several processes: this process becomes `accelerate launch` of this script
+    # train.launcher asks for several processes or machines: this process becomes `accelerate launch`
+    # of this script (after claiming GPUs when SQLTUNE_GPU_POOL is set)
     launch_if_asked(params.train, Path(__file__).resolve(), sys.argv[1:])
     keep_freed_memory()
     warn = lambda msg: print(f"train: {msg}", file=sys.stderr)  # noqa: E731
@@ -41,4 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_main(main, log="train")
+    run_main(main, log=log_name("train", sys.argv[1:]))  # machines k > 0 log to logs/train-machine<k>.log
