@@ -61,6 +61,29 @@ def predict_sql(model, tok, system_prompt: str, schema: str, question: str, max_
     return extract_sql(generate(model, tok, [prompt], EvaluateParams(max_new_tokens=max_new_tokens))[0])
 
 
+def decoding_settings(max_new_tokens: int, decoding: str, candidates: int, temperature: float, selection: str):
+    """ask's decoding flags, checked by evaluate's rules for the same settings."""
+    from sqltune.config import scoring_settings
+
+    return scoring_settings(names={"max_new_tokens": "--max-new-tokens", "decoding": "--decoding",
+                                   "num_candidates": "--candidates", "temperature": "--temperature",
+                                   "selection": "--selection"},
+                            max_new_tokens=max_new_tokens, decoding=decoding, num_candidates=candidates,
+                            temperature=temperature, selection=selection)
+
+
+def guided_sql(model, tok, system_prompt: str, schema: str, question: str, db: str | Path, e, timeout_s: float) -> dict:
+    """Execution-guided decoding on the user's database: e.num_candidates beam or sampled queries,
+    the failing and empty ones dropped, a vote over the rest's results (sqltune.guided)."""
+    from sqltune.data import to_messages
+    from sqltune.generation import generate_candidates
+    from sqltune.guided import select_on_database
+
+    prompt = to_messages({"context": schema, "question": question, "answer": ""}, system_prompt)["prompt"]
+    [candidates] = generate_candidates(model, tok, [prompt], e, e.decoding)
+    return select_on_database(db, schema, candidates, timeout_s=timeout_s, rule=e.selection)
+
+
 def open_read_only(db: str | Path) -> sqlite3.Connection:
     """The user's database, opened read-only and hardened; a locked or broken file is a clear error."""
     from sqltune.sandbox import describe_lock, harden
@@ -83,11 +106,14 @@ def open_read_only(db: str | Path) -> sqlite3.Connection:
 
 
 def schema_of(conn: sqlite3.Connection, tables: list[str] | None = None) -> str:
-    """The CREATE TABLE statements, in the one-line form the model was trained on; ``tables``
-    keeps only those (names compare case-blind, as in SQLite)."""
+    """The CREATE TABLE statements in the form of the training data (sqltune.sql.training_schema:
+    no keys, REFERENCES or comments); ``tables`` keeps only those (names compare case-blind, as in
+    SQLite)."""
     from sqltune.sandbox import table_statements
+    from sqltune.sql import training_schema
 
-    statements = table_statements(conn)
+    # as written (comments end at their line) and in the order a dump of the DDL would list them
+    statements = table_statements(conn, created_order=True, one_line=False)
     if not statements:
         raise SqltuneError("the database has no tables to ask about")
     if tables:
@@ -96,8 +122,8 @@ def schema_of(conn: sqlite3.Connection, tables: list[str] | None = None) -> str:
         if unknown:
             raise SqltuneError(f"--tables names {', '.join(unknown)}, not in the database; its tables: "
                                f"{', '.join(statements)}")
-        return "; ".join(by_name[t.lower()] for t in dict.fromkeys(tables))
-    return "; ".join(statements.values())
+        return training_schema(";\n".join(by_name[t.lower()] for t in dict.fromkeys(tables)))
+    return training_schema(";\n".join(statements.values()))
 
 
 def check_read_only(sql: str) -> None:

@@ -174,7 +174,10 @@ def model_card(params: Params, kind: str, metrics: dict) -> str:
                 "one SQLite query, fine-tuned with sqltune. The tokenizer beside it holds the chat template "
                 "it was trained with.")
         prompt_file = ""
-    labels = {"base": f"base ({base})", "finetuned": "fine-tuned (this model)"}
+    e = params.evaluate
+    labels = {"base": f"base ({base})", "finetuned": "fine-tuned (this model), greedy decoding",
+              "finetuned_guided": f"fine-tuned (this model), {e.num_candidates} {e.decoding} candidates "
+                                  "and execution-guided selection"}
     body = (
         f"# {model_name}\n\n{what}\n\n"
         "## Prompt format\n\n"

@@ -141,6 +141,14 @@ def _add_ask_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-rows", type=int, default=1000, help="refuse results longer than this (default 1000)")
     p.add_argument("--tables", default=None,
                    help="comma-separated tables to show the model (default all); for schemas past its context")
+    p.add_argument("--decoding", choices=("greedy", "beam", "sample"), default="greedy",
+                   help="beam or sample: several candidates, the ones that fail or return nothing on the "
+                        "database dropped, then a vote over the results (default greedy)")
+    p.add_argument("--candidates", type=int, default=4, help="beam or sample: candidates to choose from (default 4)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sample: the sampling temperature (default 0.7)")
+    p.add_argument("--selection", choices=("first", "vote"), default="first",
+                   help="beam or sample: the best-ranked candidate that runs and returns rows (first, the "
+                        "default), or the largest group of candidates with equal results (vote)")
 
 
 def _run_ask(args: argparse.Namespace) -> int:
@@ -148,6 +156,7 @@ def _run_ask(args: argparse.Namespace) -> int:
 
     _positive("--timeout", args.timeout)
     _positive("--max-rows", args.max_rows)
+    e = ask.decoding_settings(args.max_new_tokens, args.decoding, args.candidates, args.temperature, args.selection)
     conn = ask.open_read_only(args.db)
     try:
         tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
@@ -156,8 +165,15 @@ def _run_ask(args: argparse.Namespace) -> int:
         conn.close()
     model, tok, prompt = ask.load_model_dir(args.model)
     ask.check_prompt_fits(model, tok, prompt, schema, args.question, args.max_new_tokens)
-    sql = ask.predict_sql(model, tok, prompt, schema, args.question, args.max_new_tokens)
-    print(f"SQL: {sql}")
+    if e.decoding == "greedy":
+        sql = ask.predict_sql(model, tok, prompt, schema, args.question, args.max_new_tokens)
+        print(f"SQL: {sql}")
+    else:
+        chosen = ask.guided_sql(model, tok, prompt, schema, args.question, args.db, e, args.timeout)
+        sql = chosen["sql"]
+        print(f"SQL: {sql}")
+        print(f"  chosen from {chosen['candidates']} {e.decoding} candidates: {chosen['valid']} valid, "
+              f"{chosen['agreeing']} agreeing on the result")
     names, rows = ask.run_read_only(args.db, sql, args.timeout, args.max_rows)
     print(ask.format_table(names, rows))
     return 0

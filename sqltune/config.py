@@ -292,6 +292,37 @@ class LauncherParams(_Strict):
     num_processes: _or_auto(int, "a number of processes (1 or more)", lo=1) = 1
     strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: a model copy per GPU; fsdp: sharded (FSDP-QLoRA)
     fsdp_offload_params: bool = False  # fsdp only: keep sharded weights in CPU RAM
+    # Several machines (docs/multi-node.md): num_processes stays per machine. Each `auto` is read
+    # from the environment (NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT, else SLURM's), so one
+    # params.yaml serves every node; a value given here wins over the environment.
+    num_machines: _or_auto(int, "a number of machines (1 or more)", lo=1) = 1
+    machine_rank: _or_auto(int, "this machine's rank (0 on the main machine)", lo=0) = "auto"
+    main_address: str = "auto"  # machine 0's host name or IP address
+    main_port: _or_auto(int, "a TCP port from 1 to 65535", lo=1, hi=65535) = "auto"
+    # How long the machines wait for each other: to join, and in any one collective. A node gone
+    # silent for this long (dead, unreachable) ends the stage on the others with an error naming it.
+    peer_timeout_s: float = Field(default=600.0, gt=0, le=86_400)
+
+    # Only these settings shape what a run computes and saves, besides the world size (machines x
+    # processes), which the checkpoint fingerprint holds itself; the rendezvous and timeouts differ
+    # per node or per attempt, and a checkpoint resumes under any of them.
+    RUN_SHAPING: ClassVar[tuple[str, ...]] = ("strategy", "fsdp_offload_params")
+
+    @field_validator("main_address")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        # torchrun joins host and port as host:port, so the host holds no colon, space or slash.
+        if value != "auto" and not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+            raise ValueError("must be a host name or IPv4 address (letters, digits, - _ .), or 'auto'")
+        return value
+
+    @model_validator(mode="after")
+    def _rank_below_count(self):
+        if isinstance(self.num_machines, int) and isinstance(self.machine_rank, int) \
+                and self.machine_rank >= self.num_machines:
+            raise ValueError(f"machine_rank {self.machine_rank} must be below num_machines {self.num_machines} "
+                             "(ranks count from 0)")
+        return self
 
 
 class TrainParams(_Strict):
@@ -333,6 +364,16 @@ class EvaluateParams(_Strict):
     # Processes that score predictions in parallel: scoring runs every query on several SQLite
     # databases, CPU-bound work that splits across cores. auto = all of them (os.cpu_count()).
     score_workers: _or_auto(int, "a number of processes from 1 to 256", lo=1, hi=256) = "auto"
+    # The fine-tuned model's decoding beside greedy (whose scores are always reported): `beam` keeps
+    # num_candidates beams, `sample` draws num_candidates samples at `temperature`; either way
+    # execution-guided selection (sqltune.guided) picks one query per row, without the gold query.
+    # Candidates decode with the dynamic cache (cache: static serves the greedy pass).
+    decoding: Literal["greedy", "beam", "sample"] = "greedy"
+    num_candidates: int = Field(default=4, ge=2, le=32)
+    temperature: float = Field(default=0.7, gt=0, le=2.0)  # sample only
+    # first: the best-ranked candidate that passes the checks and runs; vote: the largest group of
+    # candidates with equal results (sqltune.guided explains both; docs/gpu.md compares them).
+    selection: Literal["first", "vote"] = "first"
 
     @model_validator(mode="after")
     def _value_case_synth_only(self):

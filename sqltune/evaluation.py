@@ -1,4 +1,5 @@
-"""The evaluate stage's logic: generate SQL with the base and the fine-tuned model, score both."""
+"""The evaluate stage's logic: generate SQL with the base and the fine-tuned model, score both; with
+evaluate.decoding beam or sample, also the fine-tuned model's execution-guided choice among candidates."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import time
 from pathlib import Path
 
 from sqltune.config import Params
-from sqltune.generation import generate
+from sqltune.generation import generate, generate_candidates
+from sqltune.guided import select_rows
 from sqltune.io import read_jsonl, require_inside
 from sqltune.modeling import attach_adapter, load_base_for_inference
 from sqltune.scoring import score_rows
+from sqltune.sql import extract_sql
 
 
 def to_eval_dtype(model, dtype: str):
@@ -37,6 +40,36 @@ def predict_and_score(model, tok, rows: list[dict], params: Params, name: str | 
     return summary, per_example
 
 
+def guided_predict_and_score(model, tok, rows: list[dict], params: Params, name: str) -> tuple[dict, list[dict]]:
+    """evaluate.decoding's candidates, one chosen per row by execution-guided selection, then scored
+    as greedy predictions are; the summary adds the selection's time and how often it changed the
+    model's first candidate."""
+    e = params.evaluate
+    t0 = time.perf_counter()
+    cands = generate_candidates(model, tok, [r["prompt"] for r in rows], e, e.decoding, params.seed,
+                                desc=f"{name}: generating {e.num_candidates} candidates")
+    t1 = time.perf_counter()
+    chosen = select_rows(rows, cands, seed=params.seed, timeout_s=e.query_timeout_s, db_dir=e.db_dir,
+                         value_case=e.value_case, rule=e.selection, workers=e.score_workers,
+                         desc=f"{name}: selecting")
+    t2 = time.perf_counter()
+    summary, per_example = score_rows(
+        rows, [c["sql"] for c in chosen], n_databases=e.n_databases, seed=params.seed, timeout_s=e.query_timeout_s,
+        db_dir=e.db_dir, value_case=e.value_case, workers=e.score_workers, desc=f"{name}: scoring",
+    )
+    for row, c in zip(per_example, chosen):
+        row["selection"] = {k: c[k] for k in ("candidates", "valid", "agreeing")}
+    summary["decoding"] = {"mode": e.decoding, "num_candidates": e.num_candidates, "selection": e.selection,
+                           "temperature": e.temperature if e.decoding == "sample" else None,
+                           "changed_first_candidate": sum(c["sql"] != extract_sql(x[0] if x else "")
+                                                          for c, x in zip(chosen, cands))}
+    summary["generation_seconds"] = round(t1 - t0, 2)
+    summary["selection_seconds"] = round(t2 - t1, 2)
+    summary["scoring_seconds"] = round(time.perf_counter() - t2, 2)
+    summary["samples_per_second"] = round(len(rows) / (t2 - t0), 2) if t2 > t0 else None
+    return summary, per_example
+
+
 def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, base_cache: str | Path,
              databases: str | Path | None = None):
     """Return the scored test rows and {"base": (summary, per_example)?, "finetuned": (summary, per_example)}.
@@ -53,4 +86,6 @@ def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, bas
     # (tests/test_generation.py checks that greedy output equals the unmerged adapter's).
     model = attach_adapter(model, adapter_dir)
     results["finetuned"] = predict_and_score(model, tok, rows, params, "finetuned")
+    if params.evaluate.decoding != "greedy":
+        results["finetuned_guided"] = guided_predict_and_score(model, tok, rows, params, "finetuned_guided")
     return rows, results

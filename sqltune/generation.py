@@ -1,4 +1,5 @@
-"""Batched, deterministic (greedy) SQL generation, with batches sized by a token budget."""
+"""Batched SQL generation (greedy, or several beam or sampled candidates per prompt), with batches
+sized by a token budget."""
 
 from __future__ import annotations
 
@@ -59,8 +60,10 @@ def plan_batches(lengths: list[int], max_new_tokens: int, budget: int, max_batch
     return batches
 
 
-def generate_ids(model, tok, prompts: list[list[dict]], e: EvaluateParams, desc: str | None = None) -> list[list[int]]:
-    """Greedy new token ids per prompt, in input order, up to and including EOS.
+def candidate_ids(model, tok, prompts: list[list[dict]], e: EvaluateParams, desc: str | None = None,
+                  decoding: str = "greedy", seed: int = 0) -> list[list[list[int]]]:
+    """New token ids per prompt, in input order, up to and including EOS: one sequence per prompt
+    for greedy decoding, e.num_candidates for `beam` (best first) and `sample`.
 
     Padding goes on the left so every sequence's next token sits at the same position; each
     sequence stops at EOS on its own (the batch runs until all have stopped or the cap).
@@ -71,20 +74,29 @@ def generate_ids(model, tok, prompts: list[list[dict]], e: EvaluateParams, desc:
 
     if not prompts:
         return []
+    n = 1 if decoding == "greedy" else e.num_candidates
     # The chat template already holds the special tokens; don't add a second BOS.
     ids = tok(render_prompts(tok, prompts), add_special_tokens=False)["input_ids"]
     lengths = [len(x) for x in ids]
-    static = e.cache == "static"
+    static = e.cache == "static" and n == 1  # several candidates per prompt: dynamic cache
     # A static cache is sized once for the longest prompt, and every batch gets the same number of
     # rows, so a compiled decoding step sees one shape and is compiled (and graph-captured) once.
     row_tokens = max(lengths) + e.max_new_tokens if static else None
-    batches = plan_batches(lengths, e.max_new_tokens, token_budget(model, e.batch_tokens),
-                           e.max_batch_size, row_tokens)
-    extra = {}
+    # Each prompt of a batch decodes n sequences: the budget is shared among them.
+    batches = plan_batches(lengths, e.max_new_tokens, max(1, token_budget(model, e.batch_tokens) // n),
+                           max(1, e.max_batch_size // n), row_tokens)
+    extra = {"do_sample": False}
     if static:
-        extra = dict(cache_implementation="static", max_cache_len=row_tokens, disable_compile=not e.compile)
+        extra.update(cache_implementation="static", max_cache_len=row_tokens, disable_compile=not e.compile)
+    if decoding == "beam":
+        extra.update(num_beams=n, num_return_sequences=n, early_stopping=True)
+    elif decoding == "sample":
+        # top_k/top_p off: the model's generation_config must not narrow the samples unseen
+        extra.update(do_sample=True, num_return_sequences=n, temperature=e.temperature, top_k=0, top_p=1.0)
+        torch.manual_seed(seed)  # the same params draw the same samples (batches are deterministic)
     tok.padding_side = "left"
-    outputs: list[list[int]] = [[] for _ in ids]
+    outputs: list[list[list[int]]] = [[] for _ in ids]
+    eos = model.generation_config.eos_token_id
     model.eval()
     bar = tqdm(total=len(ids), desc=desc, unit="row", disable=desc is None, mininterval=1.0)
     for idx in batches:
@@ -93,10 +105,10 @@ def generate_ids(model, tok, prompts: list[list[dict]], e: EvaluateParams, desc:
         # no_grad, not inference_mode: inference tensors (the cache, the inputs) beside normal ones
         # (the weights) make torch.compile's guards fail and recompile (pytorch/pytorch#134249).
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=e.max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, **extra)
-        for i, new in zip(idx, out[:, batch["input_ids"].shape[1]:].tolist()):
-            outputs[i] = until_eos(new, model.generation_config.eos_token_id)
+            out = model.generate(**batch, max_new_tokens=e.max_new_tokens, pad_token_id=tok.pad_token_id, **extra)
+        new = out[:, batch["input_ids"].shape[1]:].tolist()
+        for k, i in enumerate(idx):  # generate returns a prompt's n sequences next to each other
+            outputs[i] = [until_eos(x, eos) for x in new[k * n:(k + 1) * n]]
         bar.update(len(idx))
     bar.close()
     return outputs
@@ -108,6 +120,18 @@ def until_eos(ids: list[int], eos: int | list[int] | None) -> list[int]:
     return next((ids[:k + 1] for k, t in enumerate(ids) if t in stops), ids)
 
 
+def generate_ids(model, tok, prompts: list[list[dict]], e: EvaluateParams, desc: str | None = None) -> list[list[int]]:
+    """Greedy new token ids per prompt, in input order, up to and including EOS."""
+    return [x[0] for x in candidate_ids(model, tok, prompts, e, desc)]
+
+
 def generate(model, tok, prompts: list[list[dict]], e: EvaluateParams, desc: str | None = None) -> list[str]:
     """Greedy completions, in input order, batched as evaluate.* says."""
     return [tok.decode(x, skip_special_tokens=True).strip() for x in generate_ids(model, tok, prompts, e, desc)]
+
+
+def generate_candidates(model, tok, prompts: list[list[dict]], e: EvaluateParams, decoding: str,
+                        seed: int = 0, desc: str | None = None) -> list[list[str]]:
+    """e.num_candidates completions per prompt (``decoding``: beam or sample), in input order."""
+    return [[tok.decode(c, skip_special_tokens=True).strip() for c in x]
+            for x in candidate_ids(model, tok, prompts, e, desc, decoding, seed)]

@@ -124,11 +124,14 @@ def harden(conn: sqlite3.Connection) -> sqlite3.Connection:
     return conn
 
 
-def table_statements(conn: sqlite3.Connection) -> dict[str, str]:
-    """Table name -> its CREATE TABLE statement on one line (SQLite's internal tables left out)."""
+def table_statements(conn: sqlite3.Connection, created_order: bool = False, one_line: bool = True) -> dict[str, str]:
+    """Table name -> its CREATE TABLE statement on one line (SQLite's internal tables left out), by
+    name or, with ``created_order``, in the order the tables were created; ``one_line`` False keeps
+    the statement as written (a `--` comment in it ends at its line)."""
+    order = "rowid" if created_order else "name"
     rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql IS NOT NULL "
-                        "AND name NOT LIKE 'sqlite_%' ORDER BY name").fetchall()
-    return {name: " ".join(sql.split()) for name, sql in rows}
+                        f"AND name NOT LIKE 'sqlite_%' ORDER BY {order}").fetchall()
+    return {name: " ".join(sql.split()) if one_line else sql for name, sql in rows}
 
 
 def schema_of(conn: sqlite3.Connection) -> str:

@@ -222,6 +222,44 @@ def schema_types(context: str) -> dict[str, list[tuple[str, str]]]:
     return {t: list(cols) for t, cols in _schema(context)}
 
 
+# Declared types as the training data (sql-create-context) spells them; others keep their own name.
+_TRAINING_TYPES = {"INT": "INTEGER", "BIGINT": "INTEGER", "SMALLINT": "INTEGER", "TINYINT": "INTEGER",
+                   "MEDIUMINT": "INTEGER", "UBIGINT": "INTEGER", "UINT": "INTEGER", "VARCHAR": "VARCHAR",
+                   "NVARCHAR": "VARCHAR", "CHAR": "VARCHAR", "NCHAR": "VARCHAR", "DOUBLE": "REAL",
+                   "FLOAT": "REAL"}
+_PLAIN_NAME_RE = re.compile(r"[A-Za-z0-9_]+")  # unquoted in the data, even with a leading digit
+
+
+def _training_name(name: str) -> str:
+    return name if _PLAIN_NAME_RE.fullmatch(name) else '"' + name.replace('"', '""') + '"'
+
+
+def training_schema(context: str) -> str:
+    """CREATE TABLE statements in the one-line form of the training data, whatever the DDL's style:
+    `CREATE TABLE t (a INTEGER, b VARCHAR); CREATE TABLE u (...)`: names as declared (quoted only
+    when they must be), each column with its type in the data's spelling, and no keys, REFERENCES,
+    defaults, constraints or comments, which a small model was never shown."""
+    _schema(context)  # the same checks, and messages, as every other reader of a context
+    out = []
+    for chunk in _CREATE_SPLIT_RE.split(context):
+        chunk = chunk.strip().rstrip(";").strip()
+        for st in _parse_ddl(chunk) if chunk else []:
+            if not isinstance(st, exp.Create) or str(st.args.get("kind") or "").upper() != "TABLE":
+                continue
+            cols = []
+            for cd in st.this.expressions:
+                if not isinstance(cd, (exp.ColumnDef, exp.Identifier)):
+                    continue  # a table constraint
+                kind = cd.args.get("kind") if isinstance(cd, exp.ColumnDef) else None
+                if isinstance(kind, exp.DataType) and kind.this != exp.DataType.Type.USERDEFINED:
+                    type_name = _TRAINING_TYPES.get(kind.this.name, kind.this.name)
+                else:
+                    type_name = kind.sql(DIALECT).split("(")[0].upper() if kind is not None else "VARCHAR"
+                cols.append(f"{_training_name(cd.name)} {type_name}")
+            out.append(f"CREATE TABLE {_training_name(st.this.this.name)} ({', '.join(cols)})")
+    return "; ".join(out)
+
+
 @functools.lru_cache(maxsize=4096)
 def _context_columns(context: str) -> frozenset[str]:
     return frozenset(c for _, cols in _schema(context) for c, _ in cols)

@@ -10,6 +10,7 @@ from sqltune.config import load_params  # noqa: E402
 from sqltune.errors import run_main  # noqa: E402
 from sqltune.evaluation import evaluate  # noqa: E402
 from sqltune.io import write_jsonl  # noqa: E402
+from sqltune.launch import claim_pooled_gpus  # noqa: E402
 from sqltune.metrics_log import example_lines, score_text, write_eval_metrics, write_eval_plots  # noqa: E402
 from sqltune.sandbox import ERROR_KINDS  # noqa: E402
 
@@ -34,6 +35,7 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
+    claim_pooled_gpus()  # SQLTUNE_GPU_POOL set (parallel sweeps): one free GPU of the pool, before CUDA starts
     test_rows, results = evaluate(params, args.data, args.adapter, args.base_cache, args.databases)
     # Question and gold beside each verdict, so a user sees where exact match and execution disagree.
     per_example = [

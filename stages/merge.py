@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from sqltune.config import load_params  # noqa: E402
 from sqltune.errors import run_main  # noqa: E402
 from sqltune.io import write_json  # noqa: E402
+from sqltune.launch import claim_pooled_gpus  # noqa: E402
 from sqltune.merging import merge  # noqa: E402
 
 
@@ -23,6 +24,7 @@ def main() -> None:
     args = ap.parse_args()
 
     params = load_params(args.params)
+    claim_pooled_gpus()  # SQLTUNE_GPU_POOL set (parallel sweeps): one free GPU of the pool, before CUDA starts
     result = merge(params, args.adapter, args.out, args.base_cache, args.data)
     write_json(args.metrics, result)
     print(f"merge: wrote {args.out} ({result['dtype']}); parity {result['parity']} "

@@ -163,3 +163,72 @@ def test_geoquery_real_question_end_to_end(shared_dir, geo_model, capsys, tmp_pa
     code, _, err = ask_cli(GEO_REQUESTS[1][0])
     assert code == 2 and "refused to run the generated SQL" in err and "DELETE FROM city" in err
     assert sha(db) == before
+
+
+def test_ask_renders_the_schema_as_the_training_data_does(tmp_path):
+    """The schema ask reads from a database is the training rows' context, character for character,
+    for every context of the embedded dataset that SQLite can create."""
+    import json
+    from importlib.resources import files
+
+    contexts = {json.loads(line)["context"]
+                for line in files("sqltune.resources").joinpath("embedded_sql.jsonl").read_text().splitlines()}
+    for k, context in enumerate(sorted(contexts)):
+        conn = sqlite3.connect(tmp_path / f"{k}.sqlite")
+        conn.executescript(context)
+        conn.close()
+        assert ask.schema_of(ask.open_read_only(tmp_path / f"{k}.sqlite")) == context
+
+
+def test_ask_drops_keys_references_defaults_and_comments(tmp_path):
+    db = tmp_path / "user.sqlite"
+    conn = sqlite3.connect(db)
+    conn.executescript('''
+        CREATE TABLE "Author" (
+            author_id integer PRIMARY KEY AUTOINCREMENT, -- surrogate key
+            "full name" text NOT NULL DEFAULT '',
+            born varchar(10)
+        );
+        CREATE TABLE book (id INT, author_id INTEGER REFERENCES "Author"(author_id) ON DELETE CASCADE,
+                           price double CHECK (price > 0), UNIQUE (id), FOREIGN KEY (id) REFERENCES book(id));
+    ''')
+    conn.close()
+    assert ask.schema_of(ask.open_read_only(db)) == (
+        'CREATE TABLE Author (author_id INTEGER, "full name" TEXT, born VARCHAR); '
+        "CREATE TABLE book (id INTEGER, author_id INTEGER, price REAL)")
+    assert ask.schema_of(ask.open_read_only(db), ["book"]) == "CREATE TABLE book (id INTEGER, author_id INTEGER, price REAL)"
+
+
+def test_ask_guided_decoding_drops_failing_and_empty_candidates(shop_db, tiny_model_dir, capsys, monkeypatch):
+    import sqltune.generation
+
+    cands = ["SELECT nam FROM item", "SELECT name FROM item WHERE price > 100",
+             "SELECT name FROM item WHERE price > 10 ORDER BY name"]
+    monkeypatch.setattr(sqltune.generation, "generate_candidates", lambda *a, **k: [cands])
+    with pytest.raises(SystemExit) as exc:
+        main(["ask", "--db", str(shop_db), "--model", str(tiny_model_dir), "--decoding", "beam", "--candidates", "3",
+              "which items cost more than 10?"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert out.splitlines()[0] == f"SQL: {cands[2]}" and out.splitlines()[-1] == "(2 rows)"
+    assert "3 beam candidates: 2 valid, 1 agreeing" in out
+
+
+def test_ask_guided_decoding_with_a_real_model(shop_db, tiny_model_dir, capsys):
+    """The real path (beams from the model, selection on the database); a random model's SQL is noise,
+    so it may fail cleanly after the choice is printed."""
+    with pytest.raises(SystemExit) as exc:
+        main(["ask", "--db", str(shop_db), "--model", str(tiny_model_dir), "--max-new-tokens", "6",
+              "--decoding", "beam", "--candidates", "2", "how many items?"])
+    out, err = capsys.readouterr()
+    assert exc.value.code in (0, 2) and "Traceback" not in err
+    assert "chosen from 2 beam candidates" in out
+
+
+@pytest.mark.parametrize("flags, message", [(["--candidates", "1"], "--candidates"),
+                                            (["--temperature", "0"], "--temperature")])
+def test_ask_decoding_flags_are_checked(shop_db, tiny_model_dir, capsys, flags, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["ask", "--db", str(shop_db), "--model", str(tiny_model_dir), "--decoding", "sample", *flags, "q?"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error:") and message in err and "Traceback" not in err

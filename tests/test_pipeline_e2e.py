@@ -274,6 +274,20 @@ def test_evaluate_param_reruns_evaluate_and_card_only(project):
     assert any(name.endswith("loss.tsv") for name in plots["data"])
 
 
+def test_guided_decoding_is_scored_beside_greedy_without_retraining(project):
+    out = run(["dvc", "exp", "run", "-S", "evaluate.decoding=beam", "-S", "evaluate.num_candidates=2"], project)
+    assert stages_run(out) == ["evaluate", "card"]
+    metrics = json.loads((project / "metrics/eval/metrics.json").read_text())
+    assert set(metrics) == {"base", "finetuned", "finetuned_guided"}
+    assert metrics["finetuned_guided"]["n"] == metrics["finetuned"]["n"]
+    details = json.loads((project / "metrics/eval/details.json").read_text())["finetuned_guided"]
+    assert details["decoding"]["mode"] == "beam" and details["selection_seconds"] >= 0
+    rows = [json.loads(x) for x in (project / "metrics/predictions.jsonl").read_text().splitlines()]
+    guided = [r for r in rows if r["model"] == "finetuned_guided"]
+    assert len(guided) == metrics["finetuned"]["n"] and all(r["selection"]["candidates"] == 2 for r in guided)
+    assert "2 beam candidates and execution-guided selection" in (project / "models/cards/merged/README.md").read_text()
+
+
 def test_merged_model_loads_and_answers_with_its_chat_template(project):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
