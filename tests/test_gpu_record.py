@@ -117,3 +117,30 @@ def test_record_rescores_from_its_own_predictions(shared_dir, tmp_path):
     strict, _ = score_rows(rows, texts, value_case="exact", **opts)
     assert lenient["n_correct"] == ev["n_correct"] and lenient["exact_match"] == ev["exact_match"]
     assert strict["execution_accuracy"] == pytest.approx(info["execution_accuracy_strict"], abs=5e-4)
+
+
+def test_decoding_table_matches_its_records():
+    """Each decoding experiment's row in docs/gpu.md shows its recorded greedy and decoded scores,
+    and every one was scored on the tuning slice (test_offset 1000 in its dvc.lock or overrides)."""
+    readme = (ROOT / "docs/gpu.md").read_text().splitlines()
+    records = sorted((ROOT / "metrics/runs/gpu-decoding").glob("t-*"))
+    assert len(records) == 4
+    for rec in records:
+        info = json.loads((rec / "run-info.json").read_text())
+        assert "prepare.test_offset=1000" in info["overrides"]
+        row = next(line for line in readme if line.startswith(f"| {rec.name} |"))
+        cells = [c.strip("* ") for c in row.split("|")]
+        if (rec / "metrics/details.json").is_file():
+            details = json.loads((rec / "metrics/details.json").read_text())
+            for name in ("finetuned", "finetuned_guided"):
+                s = details[name]
+                assert f"{s['execution_accuracy']:.3f} / {s['exact_match']:.3f}" in cells, (rec.name, name)
+            assert details["finetuned_guided"]["decoding"]["num_candidates"] == int(row.split("|")[2].split()[0])
+            lock = yaml.safe_load((rec / "dvc.lock").read_text())
+            assert lock["stages"]["prepare"]["params"]["params.yaml"]["prepare"]["test_offset"] == 1000
+        else:  # only the stage's output was kept: its printed scores
+            out = (rec / "evaluate-output.txt").read_text()
+            for line in out.splitlines():
+                if line.startswith("evaluate: finetuned"):
+                    ex, acc = line.split("exact_match")[1].split()[0], line.split("execution_accuracy")[1].split()[0]
+                    assert f"{acc} / {ex}" in cells, (rec.name, line)

@@ -97,9 +97,16 @@ def test_every_import_is_a_declared_dependency():
     assert not problems, problems
 
 
+# Programs of the machine, not of PyPI, that sqltune asks only where they exist (absence is handled):
+# SLURM's host-list expander and the NVIDIA driver's GPU list.
+SYSTEM_PROGRAMS = {"scontrol": {"sqltune/launch.py"}, "nvidia-smi": {"sqltune/launch.py"}}
+
+
 def test_every_program_sqltune_runs_is_a_declared_dependency():
     commands = external_commands()
     assert "dvc" in commands  # `sqltune upload` runs `dvc repro merge`
+    for prog, files in SYSTEM_PROGRAMS.items():
+        assert commands.pop(prog, files) == files, prog  # asked only where absence is handled
     scripts = {ep.name: canonicalize_name(ep.dist.name)
                for ep in importlib.metadata.entry_points(group="console_scripts")}
     missing = {cmd: sorted(files) for cmd, files in commands.items() if scripts.get(cmd) not in declared()}
