@@ -77,7 +77,11 @@ def stage_log(stage: str, folder: str | os.PathLike = LOG_DIR) -> Iterator[Path 
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        log = path.open("w", encoding="utf-8")
+        if not ("LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ):
+            path.write_text("", encoding="utf-8")  # a new file each run; a launched worker joins its launcher's
+        # Append mode for both: the launcher and its rank-0 worker write the same file, and each line
+        # lands at its end instead of over the other's.
+        log = path.open("a", encoding="utf-8")
     except OSError:
         yield None
         return

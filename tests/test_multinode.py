@@ -481,3 +481,31 @@ def test_queued_evaluate_experiments_run_on_two_workers_without_training(tmp_pat
         assert scores["n"] == 4 and scores["execution_accuracy"] is not None
         log = run(["dvc", "queue", "logs", name], proj)
         assert "Running stage 'evaluate'" in log and "Running stage 'train'" not in log, log
+
+
+def test_the_launcher_and_its_rank0_worker_share_the_stage_log(tmp_path):
+    """On one machine with several processes the launcher and its rank-0 worker both write
+    logs/train.log: every line of both must survive, none written over another."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from sqltune.logs import stage_log
+
+    worker = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from sqltune.logs import stage_log
+        with stage_log("train", {str(tmp_path)!r}):
+            for k in range(50):
+                print(f"worker line {{k}}", flush=True)
+    """)
+    env = {**os.environ, "LOCAL_RANK": "0", "WORLD_SIZE": "2", "RANK": "0"}
+    with stage_log("train", tmp_path) as path:
+        for k in range(50):
+            print(f"launcher line {k}", flush=True)
+        subprocess.run([sys.executable, "-c", worker], env=env, check=True, capture_output=True)
+        for k in range(50, 100):
+            print(f"launcher line {k}", flush=True)
+    lines = [line.split(" ", 2)[2] for line in path.read_text().splitlines()]
+    assert sorted(lines) == sorted([f"launcher line {k}" for k in range(100)] + [f"worker line {k}" for k in range(50)])
