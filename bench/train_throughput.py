@@ -1,9 +1,14 @@
-"""Training throughput: the train stage's own code path vs the reference recipe, same process.
+"""Training throughput: the train stage's own code path vs the reference recipe.
 
 Builds a model of a named architecture with random weights (the cost of a step does not depend on
 the values), loads it through sqltune's own loader (4-bit NF4 when the params ask), and runs
-`sqltune.training.build_trainer` - the train stage's SFTTrainer, collator and config - for a few
-steps per setup. Real tokens are the non-padding tokens the collator hands the model.
+`sqltune.training.build_trainer` - the train stage's SFTTrainer, collator and config - for
+--warmup + --steps steps per run. Real tokens are the non-padding tokens the collator hands the model.
+
+Method: each setup runs --rounds times, each run in a fresh Python process, the setups interleaved
+round by round (A B C, A B C, ...), so that no setup inherits another's compiled kernels, allocator
+state or autotuning, and a drift of the machine hits every setup alike. The JSON and the table give
+the median of the runs with min and max; --in-process runs each setup once in this process instead.
 
 MFU = real tokens/s x FLOP/token / peak, with FLOP/token = 8 x N (forward 2N, recompute under
 gradient checkpointing 2N, backward 4N; frozen base weights still need activation gradients, so
@@ -13,7 +18,7 @@ Peak: 989 TFLOP/s dense bf16 on an H100 SXM.
 Usage:
   python bench/train_throughput.py --arch llama-3.1-8b --data ROWS.jsonl \
       --setup reference=presets/llama-3.1-8b.yaml:packing=false,per_device_batch_size=1 \
-      --setup preset=presets/llama-3.1-8b.yaml --steps 12
+      --setup preset=presets/80gb.yaml --rounds 3 --steps 20
 """
 
 from __future__ import annotations
@@ -248,6 +253,9 @@ def write_report(results: list[dict], args) -> str:
         r["vs_baseline"] = round(r["real_tokens_per_s"] / base, 2) if ok else None
         r["mfu"] = round(r["real_tokens_per_s"] * r["flop_per_token"] / (peak * 1e12), 4) if ok and peak else None
     report = {"card": card, "arch": args.arch, "steps": args.steps, "warmup": args.warmup,
+              "rounds": 1 if args.in_process else args.rounds,
+              "method": "every setup in one process" if args.in_process else
+                        "a fresh process per run, setups interleaved round by round; median with min and max",
               "tokenizer": "SmolLM2 (token counts approximate the model's own)", "results": results}
     out = Path(args.out) / f"train_throughput-{args.arch}{args.tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -255,15 +263,83 @@ def write_report(results: list[dict], args) -> str:
     return card
 
 
+RESULT_MARK = "BENCH-RESULT "
+
+
+def one_setup(spec: str, args, model_dir: Path, tok, rows: list[dict]) -> dict:
+    """One setup, measured once in this process; a failure is a result too."""
+    import yaml
+
+    name, rest = spec.split("=", 1)
+    path, _, overrides = rest.partition(":")
+    data, extra = apply_overrides(yaml.safe_load(Path(path).read_text()), overrides)
+    params = parse_params(data, path)
+    try:
+        return run_setup(name, params, model_dir, tok, rows, args.steps, args.warmup, extra,
+                         profile=args.out if name in args.profile else None)
+    except Exception as exc:  # noqa: BLE001 - OOM is a result for a memory policy; any failure of one
+        # setup (a kernel that won't build) is recorded so the other setups' numbers survive
+        import gc
+        import traceback
+
+        import torch
+
+        traceback.print_exc()
+        gc.collect()
+        torch.cuda.empty_cache()
+        oom = "out of memory" in str(exc)
+        return {"setup": name, "real_tokens_per_s": None, "oom": oom,
+                "error": None if oom else f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+def fresh_process_run(spec: str, argv: list[str]) -> dict:
+    """The setup measured in a new Python process, so no setup inherits another's compiled kernels,
+    allocator state or autotuning: what a training run starting cold gets."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--only", spec]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    sys.stderr.write(done.stderr[-4000:])
+    lines = [x for x in done.stdout.splitlines() if x.startswith(RESULT_MARK)]
+    if not lines:
+        name = spec.split("=", 1)[0]
+        return {"setup": name, "real_tokens_per_s": None, "oom": False,
+                "error": f"the bench process exited with {done.returncode} and no result"}
+    return json.loads(lines[-1][len(RESULT_MARK):])
+
+
+def summarize_runs(runs: list[dict]) -> dict:
+    """A setup's rounds: the median run's numbers, with min and max of tokens/s and the runs."""
+    import statistics
+
+    ok = [r for r in runs if r.get("real_tokens_per_s") is not None]
+    if not ok:
+        return {**runs[-1], "runs": runs}
+    speeds = [r["real_tokens_per_s"] for r in ok]
+    median = statistics.median(speeds)
+    middle = min(ok, key=lambda r: abs(r["real_tokens_per_s"] - median))
+    peaks = [r["peak_reserved_gib"] for r in ok if r.get("peak_reserved_gib") is not None]
+    return {**middle, "real_tokens_per_s": round(median, 1), "min_tokens_per_s": min(speeds),
+            "max_tokens_per_s": max(speeds), "peak_reserved_gib": max(peaks) if peaks else None,
+            "rounds": len(ok), "failed_rounds": len(runs) - len(ok),
+            "runs": [{k: r.get(k) for k in ("real_tokens_per_s", "steps_per_s", "peak_gib", "peak_reserved_gib",
+                                            "error")} for r in runs]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=sorted(ARCHS), default="llama-3.1-8b")
     ap.add_argument("--data", required=True, help="sql-create-context shaped JSONL (question/context/answer)")
     ap.add_argument("--rows", type=int, default=4000)
-    ap.add_argument("--setup", action="append", required=True,
+    ap.add_argument("--setup", action="append", default=[],
                     help="NAME=PARAMS.yaml[:key=value,...]; the first one is the baseline for ratios")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per run, after --warmup")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="runs per setup, each in a fresh process, the setups interleaved round by round")
+    ap.add_argument("--in-process", action="store_true",
+                    help="one round, every setup in this process (quick; later setups reuse warm state)")
+    ap.add_argument("--only", help=argparse.SUPPRESS)  # a fresh process's one setup
     ap.add_argument("--model-root", default="/tmp/sqltune-bench-models")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--tag", default="", help="suffix of the results file name")
@@ -271,43 +347,42 @@ def main() -> None:
                     help="profile two steps of this setup: tables and a trace under --out")
     ap.add_argument("--tokenizer", help="tokenizer folder (default: the embedded model's, from its GGUF)")
     args = ap.parse_args()
+    if not args.setup and not args.only:
+        ap.error("give at least one --setup")
 
-    import yaml
-
-    tok = bench_tokenizer(args.arch, args.tokenizer)
-    rows = read_jsonl(args.data)[: args.rows]
     model_dir = random_model_dir(args.arch, Path(args.model_root))
-    results = []
-    for spec in args.setup:
-        name, rest = spec.split("=", 1)
-        path, _, overrides = rest.partition(":")
-        data, extra = apply_overrides(yaml.safe_load(Path(path).read_text()), overrides)
-        params = parse_params(data, path)
-        try:
-            results.append(run_setup(name, params, model_dir, tok, rows, args.steps, args.warmup, extra,
-                                     profile=args.out if name in args.profile else None))
-        except Exception as exc:  # noqa: BLE001 - OOM is a result for a memory policy; any failure of one
-            # setup (a kernel that won't build) is recorded so the other setups' numbers survive
-            import gc
-            import traceback
-
-            import torch
-
-            traceback.print_exc()
-            gc.collect()
-            torch.cuda.empty_cache()
-            oom = "out of memory" in str(exc)
-            results.append({"setup": name, "real_tokens_per_s": None, "oom": oom,
-                            "error": None if oom else f"{type(exc).__name__}: {str(exc)[:300]}"})
-        print(json.dumps(results[-1]), flush=True)
-        write_report(results, args)
+    if args.only or args.in_process:
+        tok = bench_tokenizer(args.arch, args.tokenizer)
+        rows = read_jsonl(args.data)[: args.rows]
+    if args.only:
+        print(RESULT_MARK + json.dumps(one_setup(args.only, args, model_dir, tok, rows)), flush=True)
+        return
+    if args.in_process:
+        results = []
+        for spec in args.setup:
+            results.append(one_setup(spec, args, model_dir, tok, rows))
+            print(json.dumps(results[-1]), flush=True)
+            write_report(results, args)
+    else:
+        argv = [a for a in sys.argv[1:]]
+        runs: dict[str, list[dict]] = {spec: [] for spec in args.setup}
+        for k in range(args.rounds):
+            for spec in args.setup:
+                runs[spec].append(fresh_process_run(spec, argv))
+                r = runs[spec][-1]
+                print(f"round {k + 1}/{args.rounds} {r['setup']}: {r.get('real_tokens_per_s')} real tok/s", flush=True)
+                write_report([summarize_runs(v) for v in runs.values() if v], args)
+        results = [summarize_runs(v) for v in runs.values()]
     card = write_report(results, args)
-    print(f"\n{card}, {args.arch}\n| setup | real tok/s | x baseline | MFU | peak GiB |\n|---|---|---|---|---|")
+    print(f"\n{card}, {args.arch}\n| setup | real tok/s: median (min-max) | x baseline | MFU | peak reserved GiB |"
+          "\n|---|---|---|---|---|")
     for r in results:
         if r["real_tokens_per_s"] is None:
-            print(f"| {r['setup']} | {'out of memory' if r['oom'] else 'failed: ' + r['error'][:60]} | | | |")
+            print(f"| {r['setup']} | {'out of memory' if r.get('oom') else 'failed: ' + str(r.get('error'))[:60]} | | | |")
             continue
-        print(f"| {r['setup']} | {r['real_tokens_per_s']:,.0f} | {r['vs_baseline']} | {r['mfu']} | {r['peak_gib']} |")
+        spread = f" ({r['min_tokens_per_s']:,.0f}-{r['max_tokens_per_s']:,.0f})" if "min_tokens_per_s" in r else ""
+        print(f"| {r['setup']} | {r['real_tokens_per_s']:,.0f}{spread} | {r['vs_baseline']} | {r['mfu']} | "
+              f"{r.get('peak_reserved_gib')} |")
 
 
 if __name__ == "__main__":
