@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sqltune.config import load_params, parse_params  # noqa: E402
+from sqltune.config import parse_params  # noqa: E402
 from sqltune.data import to_messages  # noqa: E402
 from sqltune.io import read_jsonl  # noqa: E402
 
@@ -364,11 +364,10 @@ def main() -> None:
             print(json.dumps(results[-1]), flush=True)
             write_report(results, args)
     else:
-        argv = [a for a in sys.argv[1:]]
         runs: dict[str, list[dict]] = {spec: [] for spec in args.setup}
         for k in range(args.rounds):
             for spec in args.setup:
-                runs[spec].append(fresh_process_run(spec, argv))
+                runs[spec].append(fresh_process_run(spec, sys.argv[1:]))
                 r = runs[spec][-1]
                 print(f"round {k + 1}/{args.rounds} {r['setup']}: {r.get('real_tokens_per_s')} real tok/s", flush=True)
                 write_report([summarize_runs(v) for v in runs.values() if v], args)

@@ -30,10 +30,15 @@ def load_model_dir(model_dir: str | Path):
     return AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir), prompt
 
 
-def prompt_tokens(tok, system_prompt: str, schema: str, question: str) -> int:
+def chat_prompt(system_prompt: str, schema: str, question: str) -> list[dict]:
+    """The chat messages of a question, in the training rows' format (sqltune.data.to_messages)."""
     from sqltune.data import to_messages
 
-    prompt = to_messages({"context": schema, "question": question, "answer": ""}, system_prompt)["prompt"]
+    return to_messages({"context": schema, "question": question, "answer": ""}, system_prompt)["prompt"]
+
+
+def prompt_tokens(tok, system_prompt: str, schema: str, question: str) -> int:
+    prompt = chat_prompt(system_prompt, schema, question)
     return len(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
@@ -53,11 +58,10 @@ def check_prompt_fits(model, tok, system_prompt: str, schema: str, question: str
 
 def predict_sql(model, tok, system_prompt: str, schema: str, question: str, max_new_tokens: int = 128) -> str:
     from sqltune.config import EvaluateParams
-    from sqltune.data import to_messages
     from sqltune.generation import generate
     from sqltune.sql import extract_sql
 
-    prompt = to_messages({"context": schema, "question": question, "answer": ""}, system_prompt)["prompt"]
+    prompt = chat_prompt(system_prompt, schema, question)
     return extract_sql(generate(model, tok, [prompt], EvaluateParams(max_new_tokens=max_new_tokens))[0])
 
 
@@ -74,12 +78,11 @@ def decoding_settings(max_new_tokens: int, decoding: str, candidates: int, tempe
 
 def guided_sql(model, tok, system_prompt: str, schema: str, question: str, db: str | Path, e, timeout_s: float) -> dict:
     """Execution-guided decoding on the user's database: e.num_candidates beam or sampled queries,
-    the failing and empty ones dropped, a vote over the rest's results (sqltune.guided)."""
-    from sqltune.data import to_messages
+    the failing and empty ones dropped, then e.selection's rule over the rest (sqltune.guided)."""
     from sqltune.generation import generate_candidates
     from sqltune.guided import select_on_database
 
-    prompt = to_messages({"context": schema, "question": question, "answer": ""}, system_prompt)["prompt"]
+    prompt = chat_prompt(system_prompt, schema, question)
     [candidates] = generate_candidates(model, tok, [prompt], e, e.decoding)
     return select_on_database(db, schema, candidates, timeout_s=timeout_s, rule=e.selection)
 

@@ -24,16 +24,20 @@ def to_eval_dtype(model, dtype: str):
     return model.to(getattr(torch, dtype))
 
 
+def _score(rows: list[dict], preds: list[str], params: Params, name: str | None) -> tuple[dict, list[dict]]:
+    e = params.evaluate
+    return score_rows(rows, preds, n_databases=e.n_databases, seed=params.seed, timeout_s=e.query_timeout_s,
+                      db_dir=e.db_dir, value_case=e.value_case, workers=e.score_workers,
+                      desc=name and f"{name}: scoring")
+
+
 def predict_and_score(model, tok, rows: list[dict], params: Params, name: str | None = None) -> tuple[dict, list[dict]]:
     """``name`` (the model's) labels the progress bars; without it there are none."""
     e = params.evaluate
     t0 = time.perf_counter()
     preds = generate(model, tok, [r["prompt"] for r in rows], e, desc=name and f"{name}: generating")
     gen_s = time.perf_counter() - t0
-    summary, per_example = score_rows(
-        rows, preds, n_databases=e.n_databases, seed=params.seed, timeout_s=e.query_timeout_s,
-        db_dir=e.db_dir, value_case=e.value_case, workers=e.score_workers, desc=name and f"{name}: scoring",
-    )
+    summary, per_example = _score(rows, preds, params, name)
     summary["scoring_seconds"] = round(time.perf_counter() - t0 - gen_s, 2)
     summary["generation_seconds"] = round(gen_s, 2)
     summary["samples_per_second"] = round(len(rows) / gen_s, 2) if gen_s > 0 else None
@@ -53,10 +57,7 @@ def guided_predict_and_score(model, tok, rows: list[dict], params: Params, name:
                          value_case=e.value_case, rule=e.selection, workers=e.score_workers,
                          desc=f"{name}: selecting")
     t2 = time.perf_counter()
-    summary, per_example = score_rows(
-        rows, [c["sql"] for c in chosen], n_databases=e.n_databases, seed=params.seed, timeout_s=e.query_timeout_s,
-        db_dir=e.db_dir, value_case=e.value_case, workers=e.score_workers, desc=f"{name}: scoring",
-    )
+    summary, per_example = _score(rows, [c["sql"] for c in chosen], params, name)
     for row, c in zip(per_example, chosen):
         row["selection"] = {k: c[k] for k in ("candidates", "valid", "agreeing")}
     summary["decoding"] = {"mode": e.decoding, "num_candidates": e.num_candidates, "selection": e.selection,

@@ -22,9 +22,9 @@ import sqlite3
 from typing import Sequence
 
 from sqltune.errors import SqltuneError
-from sqltune.sandbox import (NO_GUARD, Guard, Stop, cached_snapshot, database_path, open_snapshot,
-                             resolve_workers, run_query, shared_pool)
-from sqltune.scoring import MAX_PREDICTION_CHARS, _norm_rows
+from sqltune.sandbox import (NO_GUARD, Guard, Stop, cached_snapshot, open_snapshot, resolve_workers, run_query,
+                             shared_pool)
+from sqltune.scoring import MAX_PREDICTION_CHARS, _norm_rows, _with_snapshot
 from sqltune.sql import extract_sql, is_read_only, schema_valid
 from sqltune.synth import synthesize
 
@@ -147,9 +147,7 @@ def select_rows(rows: Sequence[dict], candidates: Sequence[Sequence[str]], *, se
         raise SqltuneError(f"{len(rows)} rows but {len(candidates)} candidate lists; give one list per row")
     payloads = []
     for i, (row, cands) in enumerate(zip(rows, candidates)):
-        snapshot = None
-        if row.get("db_id") and db_dir is not None:
-            snapshot = str(cached_snapshot(database_path(db_dir, row["db_id"])))
+        snapshot = _with_snapshot(i, row, {"db_dir": db_dir}).get("snapshot")  # the scorer's own, per file version
         payloads.append((i, row, list(cands), dict(seed=seed, timeout_s=timeout_s, snapshot=snapshot,
                                                    value_case=value_case, rule=rule)))
     n_workers = min(resolve_workers(workers), max(1, len(payloads)))
