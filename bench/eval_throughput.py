@@ -9,7 +9,7 @@ the tokenizer's chat template) from sql-create-context shaped rows. Random weigh
 on purpose, so every sample is forced to exactly --max-new new tokens (min_new_tokens).
 
 The reference recipe runs in the same process on --ref-n prompts: batch 1, one generate call per
-prompt, 4-bit NF4 weights (sqltune's loader with load_in_4bit). Without CUDA or bitsandbytes that
+prompt, 4-bit NF4 weights (sqltune's loader, as train.method qlora loads them). Without CUDA or bitsandbytes that
 reference is skipped with a note, and a batch-1 loop in the eval dtype stands in for it.
 
 `--arch embedded` runs the real embedded SmolLM2-135M-Instruct on the embedded test prompts (the
@@ -175,7 +175,7 @@ def run_reference(params: Params, args, tok, prompts, max_new: int, force: bool)
     nf4 = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
     if nf4:
         resolved = resolve_model(params.model, args.model_root)
-        model = load_model(resolved, params.model, QuantizationParams(load_in_4bit=True))
+        model = load_model(resolved, params.model, QuantizationParams())
         if force:
             model.generation_config.min_new_tokens = max_new
         name, note = "reference: batch 1, NF4", "one generate call per prompt on 4-bit NF4 weights"

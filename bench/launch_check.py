@@ -67,7 +67,7 @@ def make_project(root: Path, strategy: str, args) -> Path:
     proj.mkdir(parents=True)
     d = yaml.safe_load((REPO / "params.yaml").read_text())
     d["model"].update(name=str(tiny_model(root, args.tokenizer)), source="local", attn_implementation="sdpa")
-    d["train"]["quantization"]["load_in_4bit"] = not args.no_4bit
+    d["train"]["method"] = "lora" if args.no_4bit else "qlora"
     d["train"]["launcher"] = {"num_processes": args.gpus, "strategy": strategy}
     d["train"]["trainer"].update(epochs=2, max_length=256, per_device_batch_size=2, save_steps=5, logging_steps=5,
                                  precision="fp32" if args.no_4bit else "bf16", save_total_limit=3)

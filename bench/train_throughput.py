@@ -164,7 +164,8 @@ def run_setup(name, params, model_dir, tok, rows, steps, warmup, extra=None, pro
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     tp = params.train.trainer
-    model = load_model(ResolvedModel(str(model_dir), "local"), params.model, params.train.quantization, tp.precision)
+    model = load_model(ResolvedModel(str(model_dir), "local"), params.model, params.train.quantized, tp.precision,
+                       full=not params.train.peft)
     if (extra or {}).get("kbit_prepare"):
         from peft import prepare_model_for_kbit_training
 
@@ -211,7 +212,7 @@ def run_setup(name, params, model_dir, tok, rows, steps, warmup, extra=None, pro
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
         "flop_per_token": (8 if tp.gradient_checkpointing else 6) * n_params,
         "settings": {**tp.model_dump(), **(extra or {}), "lora_r": params.train.lora.r,
-                     "load_in_4bit": params.train.quantization.load_in_4bit,
+                     "method": params.train.method,
                      "attn": model.config._attn_implementation},
     }
     del trainer, model

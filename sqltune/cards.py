@@ -20,8 +20,13 @@ from sqltune.io import atomic_dir
 from sqltune.merging import PROMPT_FILE, eval_table
 from sqltune.modeling import EMBEDDED_MODELS
 
-# <out>/<kind>/README.md, kind -> the Hub's base_model_relation.
+# <out>/<kind>/README.md, kind -> the Hub's base_model_relation of a LoRA run; a full fine-tune's
+# two folders (the trained fp32 weights and the shipped ones) are both the base fine-tuned.
 KINDS = {"merged": "merge", "adapter": "adapter"}
+
+
+def relation(params: Params, kind: str) -> str:
+    return KINDS[kind] if params.train.peft else "finetune"
 # The usage snippets name the model by this; `sqltune upload` puts the repo it pushes to in its place.
 REPO_PLACEHOLDER = "<user>/<repo>"
 # The snippets' question: a row of the embedded set.
@@ -81,7 +86,7 @@ def card_data(params: Params, kind: str, scores: dict, model_name: str):
         for key, name in INDEX_METRICS.items() if scores.get(key) is not None
     ]
     datasets = [d] if (d := hub_dataset(p.dataset)) else None
-    return CardParams.metadata(base_model_id(params), KINDS[kind], extra_tags=card.tags, license=card.license,
+    return CardParams.metadata(base_model_id(params), relation(params, kind), extra_tags=card.tags, license=card.license,
                                language=list(card.language), datasets=datasets, model_name=model_name,
                                eval_results=results or None)
 
@@ -93,8 +98,8 @@ def _fenced(text: str, lang: str = "") -> str:
 
 
 def usage(kind: str, base: str, system_prompt: str) -> str:
-    """A runnable snippet: the merged model through transformers' pipeline on chat messages, the
-    adapter through PEFT onto its base."""
+    """A runnable snippet: a model (merged, or fully fine-tuned) through transformers' pipeline on
+    chat messages, an adapter through PEFT onto its base."""
     messages = (
         f"system_prompt = {system_prompt!r}\n"
         f"schema = {EXAMPLE_SCHEMA!r}\n"
@@ -103,7 +108,7 @@ def usage(kind: str, base: str, system_prompt: str) -> str:
         f'    {{"role": "user", "content": {EXAMPLE_QUESTION!r}}},\n'
         "]\n"
     )
-    if kind == "merged":
+    if kind != "adapter":
         return (
             "from transformers import pipeline\n\n"
             f'generator = pipeline("text-generation", model="{REPO_PLACEHOLDER}")\n'
@@ -143,13 +148,15 @@ def training_summary(params: Params) -> str:
     p, t = params.prepare, params.train
     data = p.dataset + (f" (revision {p.revision})" if p.revision and hub_dataset(p.dataset) else "")
     test = f"; test rows from {p.test_dataset}" if p.test_dataset else ""
-    weights = (f"{t.quantization.quant_type} 4-bit base weights (QLoRA)" if t.quantization.load_in_4bit
+    weights = (f"{t.quantization.quant_type} 4-bit base weights (QLoRA)" if t.method == "qlora"
                else "full-precision base weights")
     targets = t.lora.target_modules if isinstance(t.lora.target_modules, str) else ", ".join(t.lora.target_modules)
+    method = (f"- **LoRA:** r {t.lora.r}, alpha {t.lora.alpha:g}, dropout {t.lora.dropout:g}, on {targets}; {weights}\n"
+              if t.peft else "- **Full fine-tune:** every weight trained, in fp32 under mixed precision\n")
     tr = t.trainer
     return (
         f"- **Data:** {data}, {p.train_size} train rows, {p.split} split, seed {params.seed}{test}\n"
-        f"- **LoRA:** r {t.lora.r}, alpha {t.lora.alpha:g}, dropout {t.lora.dropout:g}, on {targets}; {weights}\n"
+        f"{method}"
         f"- **Schedule:** {tr.epochs:g} epochs at learning rate {tr.learning_rate:g} ({tr.lr_scheduler}), "
         f"{tr.per_device_batch_size} x {tr.max_length}-token sequences per device step"
         f"{', packed' if tr.packing else ''}; loss on the answer "
@@ -165,7 +172,12 @@ def model_card(params: Params, kind: str, metrics: dict) -> str:
     base, lora = base_model_id(params), params.train.lora
     model_name = f"{base.rsplit('/', 1)[-1]}-sqltune-{kind}"
     scores = metrics["finetuned"]
-    if kind == "merged":
+    if not params.train.peft:
+        what = (f"{base} with every weight fine-tuned{' (fp32, as trained)' if kind == 'adapter' else ''}: a "
+                "standalone model that answers a question about SQL tables with one SQLite query, fine-tuned "
+                "with sqltune.")
+        prompt_file = f" (`{PROMPT_FILE}` beside the weights holds it, as `system_prompt`)" if kind == "merged" else ""
+    elif kind == "merged":
         what = (f"{base} with a LoRA adapter (r {lora.r}) merged into its weights: a standalone model that "
                 "answers a question about SQL tables with one SQLite query, fine-tuned with sqltune.")
         prompt_file = f" (`{PROMPT_FILE}` beside the weights holds it, as `system_prompt`)"
@@ -184,7 +196,7 @@ def model_card(params: Params, kind: str, metrics: dict) -> str:
         "Chat messages: a system message with the tables, the user's question, and the SQL as the assistant's "
         "answer. The system message is this text with `{context}` replaced by the CREATE TABLE statements"
         f"{prompt_file}:\n\n{_fenced(params.prepare.system_prompt, 'text')}\n"
-        "## Usage\n\n" + _fenced(usage(kind, base, params.prepare.system_prompt), "python") + "\n"
+        "## Usage\n\n" + _fenced(usage(kind if params.train.peft else "merged", base, params.prepare.system_prompt), "python") + "\n"
         "## Evaluation\n\n" + eval_table(metrics, labels) + "\n" + how_scored(params, scores["n"]) + "\n"
         "## Training\n\n" + training_summary(params)
     )

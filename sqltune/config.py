@@ -215,10 +215,20 @@ class PrepareParams(_Strict):
 
 
 class QuantizationParams(_Strict):
-    load_in_4bit: bool = False
+    """The 4-bit base weights of ``train.method: qlora`` (ignored by lora and full)."""
+
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
     compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_switch(cls, data):
+        # The switch that once lived here is train.method now; say so rather than "unknown key".
+        if isinstance(data, dict) and "load_in_4bit" in data:
+            raise ValueError("load_in_4bit is now train.method: set train.method: qlora for 4-bit NF4 "
+                             "weights (lora for full-precision ones) and remove load_in_4bit")
+        return data
 
 
 class LoraParams(_Strict):
@@ -326,6 +336,11 @@ class LauncherParams(_Strict):
 
 
 class TrainParams(_Strict):
+    # lora: a LoRA adapter on full-precision base weights; qlora: the same on 4-bit NF4 base weights
+    # (bitsandbytes, CUDA; the quantization section); full: every weight trains, kept in fp32 under
+    # mixed precision, and the lora section is not used. A full fine-tune needs about 16 bytes per
+    # parameter of GPU memory (weights, gradients, AdamW's two moments): a small model's method.
+    method: Literal["lora", "qlora", "full"] = "lora"
     quantization: QuantizationParams = QuantizationParams()
     lora: LoraParams
     trainer: TrainerParams
@@ -336,10 +351,29 @@ class TrainParams(_Strict):
         # FSDP shards flat tensors of one dtype: the 4-bit storage must match the weights' dtype.
         q, precision = self.quantization, self.trainer.precision
         match = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[q.compute_dtype]
-        if self.launcher.strategy == "fsdp" and q.load_in_4bit and precision not in ("auto", match):
+        if self.launcher.strategy == "fsdp" and self.method == "qlora" and precision not in ("auto", match):
             raise ValueError(f"launcher.strategy fsdp with 4-bit needs trainer.precision {match} or auto "
                              f"(= quantization.compute_dtype {q.compute_dtype}, the storage dtype FSDP shards)")
         return self
+
+    @model_validator(mode="after")
+    def _full_without_fsdp(self):
+        # sqltune's FSDP setup is PEFT's FSDP-QLoRA one (frozen 4-bit weights in flat params of their
+        # own, LoRA-aware wrapping); sharding a full fine-tune is another setup, not built.
+        if self.method == "full" and self.launcher.strategy == "fsdp":
+            raise ValueError("method full trains with launcher.strategy ddp (a model copy per GPU); fsdp here "
+                             "shards LoRA and QLoRA runs only")
+        return self
+
+    @property
+    def peft(self) -> bool:
+        """True when the run trains a LoRA adapter (lora, qlora), False for a full fine-tune."""
+        return self.method != "full"
+
+    @property
+    def quantized(self) -> "QuantizationParams | None":
+        """The 4-bit settings when the base loads in 4 bits (qlora), else None."""
+        return self.quantization if self.method == "qlora" else None
 
 
 class EvaluateParams(_Strict):
@@ -429,10 +463,13 @@ def _list_of(what: str, pattern: re.Pattern, example: str, at_least_one: bool):
 class CardParams(_Strict):
     """What the model cards declare beyond what the run itself determines (base, data, scores)."""
 
-    # Every sqltune card (and the READMEs that train and merge write) carries these; `tags` adds to them.
-    BASE_TAGS: ClassVar[tuple[str, ...]] = ("text-to-sql", "sql", "sqltune", "lora")
-    # How a model derives from its base (the Hub's base_model_relation) -> the library that loads it.
-    LIBRARIES: ClassVar[dict[str, str]] = {"adapter": "peft", "merge": "transformers"}
+    # Every sqltune card (and the READMEs that train and merge write) carries these, and `lora` where
+    # LoRA trained it (train.method lora, qlora); `tags` adds to them.
+    BASE_TAGS: ClassVar[tuple[str, ...]] = ("text-to-sql", "sql", "sqltune")
+    LORA_TAG: ClassVar[str] = "lora"
+    # How a model derives from its base (the Hub's base_model_relation) -> the library that loads it:
+    # a LoRA adapter, an adapter merged into the base's weights, every weight trained (full).
+    LIBRARIES: ClassVar[dict[str, str]] = {"adapter": "peft", "merge": "transformers", "finetune": "transformers"}
 
     # The license a fine-tune inherits from its base: apache-2.0 is the embedded SmolLM2's; the
     # Llama presets say llama3.1.
@@ -449,15 +486,20 @@ class CardParams(_Strict):
         from huggingface_hub import ModelCardData
 
         return ModelCardData(base_model=base_model, base_model_relation=relation, library_name=cls.LIBRARIES[relation],
-                             pipeline_tag="text-generation", tags=[*cls.BASE_TAGS, *extra_tags], **fields)
+                             pipeline_tag="text-generation", tags=[*cls.base_tags(relation), *extra_tags], **fields)
+
+    @classmethod
+    def base_tags(cls, relation: str) -> list[str]:
+        """The tags every card of a model with this base_model_relation carries."""
+        return [*cls.BASE_TAGS, *([] if relation == "finetune" else [cls.LORA_TAG])]
 
     @field_validator("tags")
     @classmethod
     def _not_base_tags(cls, tags: list[str]) -> list[str]:
-        doubled = [t for t in tags if t in cls.BASE_TAGS]
+        doubled = [t for t in tags if t in (*cls.BASE_TAGS, cls.LORA_TAG)]
         if doubled:
-            raise ValueError(f"{', '.join(doubled)} {'is' if len(doubled) == 1 else 'are'} on every card already; "
-                             "list only extra tags")
+            raise ValueError(f"{', '.join(doubled)} {'is' if len(doubled) == 1 else 'are'} set by sqltune already "
+                             "(lora on the cards of LoRA runs); list only extra tags")
         return tags
 
 

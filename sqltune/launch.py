@@ -232,7 +232,7 @@ def check(tp: TrainParams, n: int, gpus: int) -> None:
         raise SqltuneError("train.launcher.strategy fsdp needs CUDA GPUs; use ddp (gloo) on a CPU machine")
     from sqltune.modeling import check_4bit
 
-    check_4bit(tp.quantization, bool(gpus))
+    check_4bit(tp.quantized, bool(gpus))
 
 
 def needs_launch(tp: TrainParams, gpus: int, machines: Machines = Machines()) -> bool:

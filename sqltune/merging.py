@@ -1,4 +1,5 @@
-"""The merge stage's logic: fold the adapter into full-precision base weights, check parity."""
+"""The merge stage's logic: fold the adapter into full-precision base weights, check parity; a full
+fine-tune's weights are only converted to the merge dtype."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 from sqltune.config import CardParams, EvaluateParams, Params
 from sqltune.errors import SqltuneError
-from sqltune.modeling import attach_adapter, load_base_for_inference
+from sqltune.modeling import (ResolvedModel, attach_adapter, is_adapter, load_base_for_inference,
+                              load_full_for_inference, load_tokenizer)
 from sqltune.generation import generate
 from sqltune.io import atomic_dir, read_jsonl
 from sqltune.metrics_log import score_text
@@ -105,14 +107,27 @@ def model_card(params: Params, base_model: str) -> str:
     import yaml
 
     p = params.prepare
+    how = ("- **Adapter merged into** full-precision weights" if params.train.peft
+           else "- **Full fine-tune:** every weight trained")
     return (
-        f"---\n{CardParams.metadata(base_model, 'merge').to_yaml()}\n---\n"
+        f"---\n{CardParams.metadata(base_model, 'merge' if params.train.peft else 'finetune').to_yaml()}\n---\n"
         f"# {base_model}, fine-tuned for text-to-SQL with sqltune\n\n"
         f"- **Base model:** {base_model}\n"
         f"- **Data:** {p.dataset} ({p.train_size} train rows, {p.split} split, seed {params.seed})\n"
-        f"- **Adapter merged into** full-precision weights; prompt format in `{PROMPT_FILE}`.\n\n"
+        f"{how}; prompt format in `{PROMPT_FILE}`.\n\n"
         f"## Training params\n\n```yaml\n{yaml.safe_dump(params.train.model_dump(), sort_keys=False)}```\n"
     )
+
+
+def _base_of_full(folder: str | Path) -> str:
+    """The base a full fine-tune names in the README front matter that train wrote beside it."""
+    from huggingface_hub import ModelCard
+
+    readme = Path(folder) / "README.md"
+    base = ModelCard.load(readme).data.base_model if readme.is_file() else None
+    if not isinstance(base, str) or not base:
+        raise SqltuneError(f"{readme} names no base_model; run `dvc repro -f train`")
+    return base
 
 
 def merge(params: Params, adapter_dir: str | Path, out_dir: str | Path, base_cache: str | Path,
@@ -123,6 +138,8 @@ def merge(params: Params, adapter_dir: str | Path, out_dir: str | Path, base_cac
     change does not rerun merge."""
     import torch
 
+    if not is_adapter(adapter_dir):
+        return _ship_full(params, adapter_dir, out_dir)
     base, tok = load_base_for_inference(params, base_cache)
     if params.merge.dtype != "auto":
         base = base.to(getattr(torch, params.merge.dtype))
@@ -133,14 +150,32 @@ def merge(params: Params, adapter_dir: str | Path, out_dir: str | Path, base_cac
     base_model = next(iter(peft_model.peft_config.values())).base_model_name_or_path  # as train named it
     merged = peft_model.merge_and_unload()
     after = generate(merged, tok, prompts, gen)
-    # A base converted from GGUF keeps the GGUF's free-text model name in its config; the shipped
-    # config carries none, as the upstream's own does not.
-    merged.config.__dict__.pop("_model_name_or_path", None)
-    with atomic_dir(out_dir) as tmp:
-        merged.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card(params, base_model))
-        (tmp / PROMPT_FILE).write_text(json.dumps({"system_prompt": params.prepare.system_prompt}))
+    _save(params, merged, tok, base_model, out_dir)
     same = sum(a == b for a, b in zip(before, after))
     return {"parity": same / len(prompts) if prompts else None, "parity_samples": len(prompts),
             "dtype": str(merged.dtype).removeprefix("torch.")}
+
+
+def _ship_full(params: Params, folder: str | Path, out_dir: str | Path) -> dict:
+    """A full fine-tune has nothing to merge: its weights go out in the merge dtype, as evaluate
+    scored them, and there is no adapter to compare with (parity null)."""
+    import torch
+
+    base_model = _base_of_full(folder)
+    model = load_full_for_inference(params, folder)
+    tok = load_tokenizer(ResolvedModel(str(folder), "local", str(folder)))  # the one train saved beside it
+    if params.merge.dtype != "auto":
+        model = model.to(getattr(torch, params.merge.dtype))
+    _save(params, model, tok, base_model, out_dir)
+    return {"parity": None, "parity_samples": 0, "dtype": str(model.dtype).removeprefix("torch.")}
+
+
+def _save(params: Params, model, tok, base_model: str, out_dir: str | Path) -> None:
+    # A base converted from GGUF keeps the GGUF's free-text model name in its config; the shipped
+    # config carries none, as the upstream's own does not.
+    model.config.__dict__.pop("_model_name_or_path", None)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "README.md").write_text(model_card(params, base_model))
+        (tmp / PROMPT_FILE).write_text(json.dumps({"system_prompt": params.prepare.system_prompt}))

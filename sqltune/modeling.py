@@ -167,25 +167,28 @@ def amp_dtype(precision: str = "auto"):
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
-def weights_dtype(precision: str = "auto"):
-    """On CUDA weights are stored in the compute dtype; on CPU they stay fp32 and autocast does
-    the bf16 matmuls, so LoRA updates keep fp32 precision."""
+def weights_dtype(precision: str = "auto", full: bool = False):
+    """On CUDA a LoRA run's frozen weights are stored in the compute dtype; on CPU they stay fp32 and
+    autocast does the bf16 matmuls, so LoRA updates keep fp32 precision. A full fine-tune keeps
+    every weight in fp32 on any device: its updates (learning rate x gradient) are far below a
+    bf16 weight's resolution and would round away; autocast still computes in bf16."""
     import torch
 
-    return amp_dtype(precision) if torch.cuda.is_available() else torch.float32
+    return amp_dtype(precision) if torch.cuda.is_available() and not full else torch.float32
 
 
-def check_4bit(q: QuantizationParams, cuda: bool) -> None:
-    """4-bit weights need bitsandbytes on CUDA: fail before loading anything."""
-    if q.load_in_4bit and not cuda:
+def check_4bit(q: QuantizationParams | None, cuda: bool) -> None:
+    """4-bit weights (``q``, train.method qlora) need bitsandbytes on CUDA: fail before loading anything."""
+    if q is not None and not cuda:
         raise SqltuneError(
-            "train.quantization.load_in_4bit is true but no CUDA GPU is visible; 4-bit NF4 needs "
-            "bitsandbytes on CUDA. Set it to false to train in full precision on this machine"
+            "train.method is qlora but no CUDA GPU is visible; 4-bit NF4 needs bitsandbytes on CUDA. "
+            "Set train.method to lora to train on full-precision weights on this machine"
         )
 
 
-def quantization_config(q: QuantizationParams):
-    if not q.load_in_4bit:
+def quantization_config(q: QuantizationParams | None):
+    """bitsandbytes' 4-bit config for ``q`` (TrainParams.quantized), None for full-precision weights."""
+    if q is None:
         return None
     import torch
 
@@ -202,15 +205,16 @@ def quantization_config(q: QuantizationParams):
 
 
 def load_model(model: ResolvedModel, p: ModelParams, quant: QuantizationParams | None = None,
-               precision: str = "auto"):
+               precision: str = "auto", full: bool = False):
+    """The model's weights: 4-bit with ``quant``, fp32 master weights for a full fine-tune (``full``)."""
     from transformers import AutoModelForCausalLM
 
-    qconf = quantization_config(quant) if quant else None
+    qconf = quantization_config(quant)
     try:
         return AutoModelForCausalLM.from_pretrained(
             model.path,
             revision=p.revision,
-            dtype=weights_dtype(precision),
+            dtype=weights_dtype(precision, full),
             attn_implementation=pick_attn(p.attn_implementation),
             quantization_config=qconf,
             # 4-bit weights are placed at load time: on this process's own GPU under a multi-process launch
@@ -232,6 +236,26 @@ def load_base_for_inference(params: Params, base_cache: str | Path):
     if torch.cuda.is_available():
         model.to("cuda")
     return model, tok
+
+
+def is_adapter(folder: str | Path) -> bool:
+    """True for a LoRA adapter folder (train.method lora, qlora), False for a full fine-tune's model."""
+    return (Path(folder) / "adapter_config.json").is_file()
+
+
+def load_full_for_inference(params: Params, folder: str | Path):
+    """A full fine-tune's weights (the train stage's folder) in the eval dtype, on the GPU if any:
+    what the base is for a LoRA run, with the training already in it."""
+    import torch
+
+    if not (Path(folder) / "config.json").is_file():
+        raise SqltuneError(f"{folder} holds neither a LoRA adapter (adapter_config.json) nor a model "
+                           "(config.json); run `dvc repro train`")
+    local = params.model.model_copy(update={"revision": None})  # a revision names hub commits, not this folder
+    model = load_model(ResolvedModel(str(folder), "local", str(folder)), inference_attn(local))
+    if torch.cuda.is_available():
+        model.to("cuda")
+    return model
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The train stage's logic: LoRA/QLoRA SFT with TRL, dvclive logging and safe resume."""
+"""The train stage's logic: LoRA, QLoRA or full SFT with TRL, dvclive logging and safe resume."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ from pathlib import Path
 from sqltune.config import CardParams, LoraParams, Params, TrainerParams
 from sqltune.errors import SqltuneError
 
-# Files a checkpoint must hold to be resumable; a kill during save leaves some missing.
+# Files a checkpoint must hold to be resumable; a kill during save leaves some missing. "a|b": either.
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
+# A full fine-tune's checkpoint holds the whole model, in shards with an index when it is large.
+FULL_CHECKPOINT_FILES = ("trainer_state.json", "model.safetensors|model.safetensors.index.json", "optimizer.pt",
+                         "scheduler.pt")
 FINGERPRINT = "sqltune-run.json"
 
 
@@ -119,7 +122,7 @@ def usable_checkpoint(ckpt_dir: Path, fingerprint: str, warn=print, required=CHE
         return None
     ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for ckpt in ckpts:
-        missing = [f for f in required if not (ckpt / f).is_file()]
+        missing = [f for f in required if not any((ckpt / alt).is_file() for alt in f.split("|"))]
         if not missing and _state_readable(ckpt):
             return ckpt
         warn(f"{ckpt} is incomplete or corrupt ({', '.join(missing) or 'trainer_state.json'}); skipping it")
@@ -272,14 +275,14 @@ def build_trainer(params: Params, model, tok, dataset, out_dir: str | Path, call
             args=sft_config(tp, out_dir, params.seed, amp_dtype(tp.precision), **overrides),
             train_dataset=dataset,
             processing_class=tok,
-            peft_config=lora_config(params.train.lora),
+            peft_config=lora_config(params.train.lora) if params.train.peft else None,
             callbacks=list(callbacks),
         )
     from transformers.trainer_callback import ProgressCallback
 
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(readable_progress())
-    if trainer.args.bf16 or trainer.args.fp16:
+    if params.train.peft and (trainer.args.bf16 or trainer.args.fp16):
         keep_lora_inputs(trainer.model)
     if not tp.end_of_turn_loss:
         trainer.data_collator = MaskToken(trainer.data_collator, tok.eos_token_id)
@@ -328,42 +331,53 @@ def process_state(timeout_s: float = 1800):
     return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=math.ceil(timeout_s)))
 
 
-def adapter_readme(base_id: str) -> str:
-    """README.md of a saved adapter, in place of PEFT's empty template: its metadata and what it is.
-    It holds no evaluation, which comes later; the card stage writes the card that ships."""
-    return (
-        f"---\n{CardParams.metadata(base_id, 'adapter').to_yaml()}\n---\n"
-        f"# LoRA adapter for {base_id}, fine-tuned for text-to-SQL with sqltune\n\n"
-        "Load it onto its base with PEFT (`PeftModel.from_pretrained(base, this_folder)`); the tokenizer "
-        "saved beside it holds the chat template the adapter was trained with.\n"
-    )
+def trained_readme(base_id: str, peft: bool = True) -> str:
+    """README.md of the train stage's folder, in place of PEFT's empty template: its metadata and what
+    it is. It holds no evaluation, which comes later; the card stage writes the card that ships."""
+    if peft:
+        meta, title, body = CardParams.metadata(base_id, "adapter"), f"LoRA adapter for {base_id}", (
+            "Load it onto its base with PEFT (`PeftModel.from_pretrained(base, this_folder)`); the tokenizer "
+            "saved beside it holds the chat template the adapter was trained with.\n")
+    else:
+        meta, title, body = CardParams.metadata(base_id, "finetune"), f"{base_id}, fully fine-tuned", (
+            "Every weight of the base was trained (fp32). Load it with transformers "
+            "(`AutoModelForCausalLM.from_pretrained(this_folder)`); the tokenizer saved beside it holds "
+            "the chat template it was trained with.\n")
+    return f"---\n{meta.to_yaml()}\n---\n# {title}, fine-tuned for text-to-SQL with sqltune\n\n{body}"
 
 
-def save_adapter(trainer, tok, adapter_dir: str | Path, base_id: str, revision: str | None = None) -> None:
-    """Only the main process writes. Under FSDP every process first joins the gather of the full
-    (LoRA) weights from their shards."""
+def save_trained(trainer, tok, out_dir: str | Path, base_id: str, revision: str | None = None) -> None:
+    """The trained adapter (LoRA, QLoRA) or the whole trained model (full) into ``out_dir``. Only the
+    main process writes. Under FSDP every process first joins the gather of the full (LoRA)
+    weights from their shards."""
+    from peft import PeftModel
+
     from sqltune.io import atomic_dir
 
     acc = trainer.accelerator
     state_dict = acc.get_state_dict(trainer.model_wrapped) if trainer.is_fsdp_enabled else None
     if acc.is_main_process:
         model = acc.unwrap_model(trainer.model)
-        for config in model.peft_config.values():
+        peft = isinstance(model, PeftModel)
+        for config in (model.peft_config.values() if peft else ()):
             # Name the real base (a hub id; the upstream id of an embedded model), not the local
             # folder it was loaded from, so the adapter loads outside this checkout.
             config.base_model_name_or_path = base_id
             config.revision = revision
-        with atomic_dir(adapter_dir) as tmp:
-            # LoRA targets no embedding layer, so PEFT needs no look at the base's hub config.
-            model.save_pretrained(tmp, state_dict=state_dict, save_embedding_layers=False)
+        with atomic_dir(out_dir) as tmp:
+            if peft:  # LoRA targets no embedding layer, so PEFT needs no look at the base's hub config.
+                model.save_pretrained(tmp, state_dict=state_dict, save_embedding_layers=False)
+            else:
+                model.save_pretrained(tmp, state_dict=state_dict)
             tok.save_pretrained(tmp)
-            (tmp / "README.md").write_text(adapter_readme(base_id))
+            (tmp / "README.md").write_text(trained_readme(base_id, peft))
     acc.wait_for_everyone()
 
 
 def train(params: Params, train_file: str | Path, adapter_dir: str | Path, ckpt_dir: str | Path,
           live_dir: str | Path, base_cache: str | Path, warn=print) -> dict:
-    """Fine-tune a LoRA adapter; resume from the newest complete checkpoint of the same run.
+    """Fine-tune a LoRA adapter (train.method lora, qlora) or every weight (full) into ``adapter_dir``;
+    resume from the newest complete checkpoint of the same run.
     Launched on several processes, each runs this; only the main one (global rank 0) writes files.
     Across machines, a machine lost mid-run ends every other one with an error naming it."""
     from sqltune import launch
@@ -387,12 +401,13 @@ def _train(procs, params: Params, train_file, adapter_dir, ckpt_dir, live_dir, b
     with procs.main_process_first():  # an embedded model is converted once, by the main process
         resolved = resolve_model(params.model, base_cache)
     tok = load_tokenizer(resolved, params.model.revision)
-    model = load_model(resolved, params.model, params.train.quantization, tp.precision)
+    model = load_model(resolved, params.model, params.train.quantized, tp.precision, full=not params.train.peft)
     rows = read_jsonl(train_file)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 
     fingerprint = run_fingerprint(params, train_file, procs.num_processes)
-    resume = agree_on_resume(procs, ckpt_dir, fingerprint, say, launch.checkpoint_files(CHECKPOINT_FILES))
+    files = CHECKPOINT_FILES if params.train.peft else FULL_CHECKPOINT_FILES
+    resume = agree_on_resume(procs, ckpt_dir, fingerprint, say, launch.checkpoint_files(files))
     stop = interrupt_callback()
     callbacks = [stop]
     if main:
@@ -406,6 +421,6 @@ def _train(procs, params: Params, train_file, adapter_dir, ckpt_dir, live_dir, b
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stop.interrupted:
         raise SqltuneError(f"interrupted; a checkpoint is saved in {ckpt_dir}. Run `dvc repro` to resume")
-    save_adapter(trainer, tok, adapter_dir, resolved.base_id, params.model.revision if resolved.kind == "hub" else None)
+    save_trained(trainer, tok, adapter_dir, resolved.base_id, params.model.revision if resolved.kind == "hub" else None)
     return {"global_step": trainer.state.global_step, "world_size": procs.num_processes, "main_process": main,
             "train_sequences": len(trainer.train_dataset), **result.metrics}

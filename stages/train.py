@@ -1,4 +1,4 @@
-"""train stage: LoRA / QLoRA fine-tuning with TRL's SFTTrainer; resumes after a kill."""
+"""train stage: LoRA, QLoRA or full fine-tuning (train.method) with TRL's SFTTrainer; resumes after a kill."""
 
 import argparse
 import sys
@@ -18,7 +18,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--data", required=True, help="train.jsonl from prepare")
-    ap.add_argument("--adapter", required=True, help="output folder for the LoRA adapter")
+    ap.add_argument("--adapter", required=True, help="output folder for the LoRA adapter (train.method full: the whole model)")
     ap.add_argument("--checkpoints", required=True, help="persistent folder for resumable checkpoints")
     ap.add_argument("--live", required=True, help="dvclive folder for training curves")
     ap.add_argument("--metrics", help="JSON file for the headline training metrics (a DVC metric); "

@@ -104,9 +104,9 @@ def prepared(tmp: Path, **changes) -> None:
 
 
 def test_4bit_without_cuda(tmp_path, tiny_model_dir):
-    prepared(tmp_path, **{"train.quantization.load_in_4bit": True, "model.name": str(tiny_model_dir)})
+    prepared(tmp_path, **{"train.method": "qlora", "model.name": str(tiny_model_dir)})
     proc = stage(tmp_path, "train", {"CUDA_VISIBLE_DEVICES": ""})
-    expect_clean_failure(proc, tmp_path, "load_in_4bit is true but no CUDA GPU", "Set it to false",
+    expect_clean_failure(proc, tmp_path, "train.method is qlora but no CUDA GPU", "Set train.method to lora",
                          outputs=("models/adapter", "metrics/train", "models/checkpoints"))
 
 

@@ -23,14 +23,14 @@ def test_shipped_params_and_presets_validate(path):
 def test_default_is_the_offline_embedded_run():
     p = load_params(ROOT / "params.yaml")
     assert p.model.name == "smollm2-135m-instruct" and p.prepare.dataset == "embedded"
-    assert p.train.quantization.load_in_4bit is False
+    assert p.train.method == "lora" and p.train.quantized is None and p.train.peft
 
 
 def test_reference_preset_matches_the_recipe():
     p = load_params(ROOT / "presets" / "llama-3.1-8b.yaml")
     q, lora, t = p.train.quantization, p.train.lora, p.train.trainer
     assert p.model.name == "meta-llama/Llama-3.1-8B"
-    assert (q.load_in_4bit, q.quant_type, q.double_quant) == (True, "nf4", True)
+    assert (p.train.method, p.train.quantized, q.quant_type, q.double_quant) == ("qlora", q, "nf4", True)
     assert (lora.r, lora.alpha, lora.dropout, lora.target_modules) == (256, 128, 0.05, "all-linear")
     assert (t.epochs, t.learning_rate, t.lr_scheduler, t.gradient_accumulation_steps) == (3, 2e-4, "constant", 8)
     assert t.gradient_checkpointing and t.precision == "bf16"

@@ -57,7 +57,7 @@ def test_unknown_strategy_and_key_are_reported_together():
 
 def test_fsdp_qlora_needs_the_storage_dtype_as_precision():
     d = params({"strategy": "fsdp"}, precision="fp32")
-    d["train"]["quantization"]["load_in_4bit"] = True
+    d["train"]["method"] = "qlora"
     with pytest.raises(SqltuneError, match="needs trainer.precision bf16 or auto"):
         parse_params(d)
     d["train"]["trainer"]["precision"] = "bf16"
@@ -108,7 +108,7 @@ def test_ddp_command():
 
 def test_fsdp_command_has_the_documented_qlora_settings():
     d = params({"num_processes": 2, "strategy": "fsdp", "fsdp_offload_params": True}, precision="bf16")
-    d["train"]["quantization"]["load_in_4bit"] = True
+    d["train"]["method"] = "qlora"
     args = parsed(parse_params(d).train)
     assert args.use_fsdp and not args.multi_gpu and args.num_processes == 2
     assert (args.fsdp_version, args.fsdp_sharding_strategy, args.fsdp_auto_wrap_policy) == (

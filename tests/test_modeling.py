@@ -44,9 +44,9 @@ def test_4bit_without_cuda_fails_clearly(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(SqltuneError, match="load_in_4bit is true but no CUDA GPU"):
-        quantization_config(QuantizationParams(load_in_4bit=True))
-    assert quantization_config(QuantizationParams(load_in_4bit=False)) is None
+    with pytest.raises(SqltuneError, match="train.method is qlora but no CUDA GPU"):
+        quantization_config(QuantizationParams())
+    assert quantization_config(None) is None
 
 
 def test_embedded_gguf_converts_once(tmp_path):

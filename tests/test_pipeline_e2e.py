@@ -123,7 +123,7 @@ def test_cards_for_a_hub_dataset_a_local_base_and_extra_tags(tmp_path):
         path.write_text(model_card(params, "adapter", metrics))
         data = ModelCard.load(path).data
         assert (data.base_model, data.datasets, data.license) == (base, datasets, license_)
-        assert data.tags == [*CardParams.BASE_TAGS, *params.card.tags] and data.language == params.card.language
+        assert data.tags == [*CardParams.base_tags("adapter"), *params.card.tags] and data.language == params.card.language
         # exact match had no score: only execution accuracy is in the model-index
         (result,) = data.eval_results
         assert (result.metric_type, result.metric_value) == ("execution_accuracy", 0.8)
