@@ -2,7 +2,8 @@
 
 Expected mistakes (bad params, bad data, missing files, no GPU) raise
 ``SqltuneError``; ``run_main`` turns it into ``error: ...`` on stderr and exit
-code 2. Anything else is a bug and keeps its traceback.
+code 2, as it does with torch's out-of-GPU-memory error (a batch too large for the
+card is a setting to change). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -30,4 +31,18 @@ def run_main(main: Callable[[], int | None], log: str | None = None) -> None:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             code = 130
+        except Exception as exc:
+            if not _out_of_gpu_memory(exc):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            print(f"error: out of GPU memory ({first[:200]}). Free the GPU of other processes, or lower what one "
+                  "step holds: train.trainer.per_device_batch_size or max_length, gradient_checkpointing: true or "
+                  "method lora instead of full (train); evaluate.batch_tokens or max_batch_size (evaluate)",
+                  file=sys.stderr)
+            code = 2
     sys.exit(code or 0)
+
+
+def _out_of_gpu_memory(exc: BaseException) -> bool:
+    # By name: importing torch here would load it into every command, also those that never use it.
+    return type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.split(".")[0] == "torch"

@@ -1,4 +1,5 @@
-"""merge stage: merge the LoRA adapter into full-precision base weights -> a standalone model."""
+"""merge stage: merge the LoRA adapter into full-precision base weights -> a standalone model (a full
+fine-tune's weights are only converted to merge.dtype)."""
 
 import argparse
 import sys
@@ -27,8 +28,9 @@ def main() -> None:
     claim_pooled_gpus()  # SQLTUNE_GPU_POOL set (parallel sweeps): one free GPU of the pool, before CUDA starts
     result = merge(params, args.adapter, args.out, args.base_cache, args.data)
     write_json(args.metrics, result)
-    print(f"merge: wrote {args.out} ({result['dtype']}); parity {result['parity']} "
-          f"on {result['parity_samples']} prompts")
+    check = (f"parity {result['parity']} on {result['parity_samples']} prompts" if params.train.peft
+             else "a full fine-tune: nothing to merge, no parity to check")
+    print(f"merge: wrote {args.out} ({result['dtype']}); {check}")
 
 
 if __name__ == "__main__":

@@ -142,3 +142,25 @@ def test_hf_token_never_reaches_a_file_or_log(tmp_path, tiny_model_dir):
     for f in tmp_path.rglob("*"):
         if f.is_file() and f.name != ".env":
             assert secret.encode() not in f.read_bytes(), f
+
+
+def test_out_of_gpu_memory_is_one_error_line_naming_the_settings(capsys):
+    """A batch too large for the card is a setting to change, not a bug: one `error:` line, exit 2."""
+    import torch
+
+    from sqltune.errors import run_main
+
+    def step():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 144.00 MiB.\nmore detail")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_main(step)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith("error: out of GPU memory (CUDA out")
+    assert "per_device_batch_size" in err and "evaluate.batch_tokens" in err and "Traceback" not in err
+
+    def bug():
+        raise RuntimeError("a real bug")
+
+    with pytest.raises(RuntimeError, match="a real bug"):  # anything else keeps its traceback
+        run_main(bug)

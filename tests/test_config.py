@@ -20,6 +20,25 @@ def test_shipped_params_and_presets_validate(path):
     assert p.train.lora.r > 0 and p.prepare.test_size > 0
 
 
+@pytest.mark.parametrize("path", [ROOT / "params.yaml", *sorted((ROOT / "presets").glob("*.yaml"))],
+                         ids=lambda p: p.name)
+def test_shipped_params_and_presets_hold_every_param_a_stage_declares(path):
+    """DVC fails a stage whose declared param is missing from params.yaml, even where the code has
+    a default for it: a preset copied over params.yaml must hold every declared key."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    declared = {k for stage in stages.values() for k in stage.get("params", []) if isinstance(k, str)}
+    params = yaml.safe_load(path.read_text())
+    missing = []
+    for key in sorted(declared):
+        node = params
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                missing.append(key)
+                break
+            node = node[part]
+    assert not missing, missing
+
+
 def test_default_is_the_offline_embedded_run():
     p = load_params(ROOT / "params.yaml")
     assert p.model.name == "smollm2-135m-instruct" and p.prepare.dataset == "embedded"

@@ -80,6 +80,7 @@ def test_merge_ships_the_trained_weights_with_nothing_to_merge(project):
     assert shipped.keys() == trained.keys() and all(bool((shipped[k] == trained[k]).all()) for k in trained)
     merge = json.loads((project / "metrics/merge.json").read_text())
     assert (merge["parity"], merge["parity_samples"], merge["dtype"]) == (None, 0, "float32")
+    assert "nothing to merge" in (project / "logs/merge.log").read_text()
     assert json.loads((project / "models/merged/sqltune.json").read_text())["system_prompt"]
 
 
