@@ -85,7 +85,7 @@ def card_data(params: Params, kind: str, scores: dict, model_name: str):
                    dataset_args={"rows": scores["n"]}, metric_type=key, metric_name=name, metric_value=scores[key])
         for key, name in INDEX_METRICS.items() if scores.get(key) is not None
     ]
-    datasets = [d] if (d := hub_dataset(p.dataset)) else None
+    datasets = [d for d in (hub_dataset(p.dataset), *(hub_dataset(m.dataset) for m in p.mix)) if d] or None
     return CardParams.metadata(base_model_id(params), relation(params, kind), extra_tags=card.tags, license=card.license,
                                language=list(card.language), datasets=datasets, model_name=model_name,
                                eval_results=results or None)
@@ -146,8 +146,10 @@ def training_summary(params: Params) -> str:
     import yaml
 
     p, t = params.prepare, params.train
-    data = p.dataset + (f" (revision {p.revision})" if p.revision and hub_dataset(p.dataset) else "")
-    test = f"; test rows from {p.test_dataset}" if p.test_dataset else ""
+    data = (p.train_sources() if p.mix or p.dataset_split else
+            p.dataset + (f" (revision {p.revision})" if p.revision and hub_dataset(p.dataset) else ""))
+    test = (f"; test rows from {p.test_dataset}" + (f" (split {p.test_split})" if p.test_split else "")
+            if p.test_dataset else "")
     weights = (f"{t.quantization.quant_type} 4-bit base weights (QLoRA)" if t.method == "qlora"
                else "full-precision base weights")
     targets = t.lora.target_modules if isinstance(t.lora.target_modules, str) else ", ".join(t.lora.target_modules)
@@ -155,7 +157,8 @@ def training_summary(params: Params) -> str:
               if t.peft else "- **Full fine-tune:** every weight trained, in fp32 under mixed precision\n")
     tr = t.trainer
     return (
-        f"- **Data:** {data}, {p.train_size} train rows, {p.split} split, seed {params.seed}{test}\n"
+        f"- **Data:** {data}, {p.train_size} train rows{' of the first' if p.mix else ''}, {p.split} split, "
+        f"seed {params.seed}{test}\n"
         f"{method}"
         f"- **Schedule:** {tr.epochs:g} epochs at learning rate {tr.learning_rate:g} ({tr.lr_scheduler}), "
         f"{tr.per_device_batch_size} x {tr.max_length}-token sequences per device step"

@@ -190,6 +190,17 @@ class ModelParams(_Strict):
     attn_implementation: Literal["auto", "flash_attention_2", "flex_attention", "sdpa", "eager"] = "auto"
 
 
+class MixParams(_Strict):
+    """One more source of train rows (prepare.mix): a small dataset trained beside the main one."""
+
+    dataset: str = Field(min_length=1)  # embedded | a local file (in data/raw/) | a hub id
+    split: Optional[str] = Field(default=None, min_length=1)  # as prepare.dataset_split, for this source
+    revision: Optional[str] = Field(default=None, min_length=1)  # a hub id's revision, pinned
+    # Each of its rows appears this many times per epoch: a few hundred rows beside tens of
+    # thousands would otherwise barely move the model.
+    repeat: int = Field(default=1, ge=1, le=1000)
+
+
 class PrepareParams(_Strict):
     dataset: str = Field(min_length=1)
     hub_split: str = "train"
@@ -197,6 +208,14 @@ class PrepareParams(_Strict):
     # after the dataset's owner pushes new ones. null = the latest.
     revision: Optional[str] = Field(default=None, min_length=1)
     test_dataset: Optional[str] = None
+    # A file whose rows carry a `split` field (GeoQuery's train, dev and test in one file): take only
+    # the rows with this value, from prepare.dataset and from prepare.test_dataset. null: every row.
+    # (A hub dataset's own splits are prepare.hub_split.)
+    dataset_split: Optional[str] = Field(default=None, min_length=1)
+    test_split: Optional[str] = Field(default=None, min_length=1)
+    # More train sources, all of their usable rows (test questions left out), after train_size rows
+    # of prepare.dataset: e.g. a real database's few hundred questions beside a large corpus.
+    mix: list[MixParams] = []
     train_size: int = Field(gt=0)
     test_size: int = Field(gt=0)
     # Skip this many rows of the (seeded, shuffled) test_dataset before taking test_size: a tuning
@@ -211,7 +230,18 @@ class PrepareParams(_Strict):
         # Without a separate test source the rows after the test slice are train rows.
         if self.test_offset and self.test_dataset is None:
             raise ValueError("test_offset needs test_dataset (a separate source to slice the test rows from)")
+        if self.test_split and self.test_dataset is None:
+            raise ValueError("test_split needs test_dataset (without it the test rows are a slice of dataset)")
         return self
+
+    def train_sources(self) -> str:
+        """Where the train rows come from, in words: the model card's data line."""
+        def one(spec, split, revision, repeat=1):
+            notes = [f"split {split}" if split else "", f"revision {revision}" if revision else "",
+                     f"each row x{repeat}" if repeat > 1 else ""]
+            return spec + (f" ({', '.join(n for n in notes if n)})" if any(notes) else "")
+        return " + ".join([one(self.dataset, self.dataset_split, self.revision),
+                           *(one(m.dataset, m.split, m.revision, m.repeat) for m in self.mix)])
 
 
 class QuantizationParams(_Strict):

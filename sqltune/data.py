@@ -216,10 +216,28 @@ def split_rows(rows: list[dict], train_size: int, test_size: int, how: str, seed
     return train, test
 
 
-def load_clean(spec: str, p: PrepareParams, revision: str | None = None) -> tuple[list[dict], Counter]:
-    """The rows of ``spec`` that ``clean_rows`` keeps, and the drop counts."""
+def rows_of_split(rows: list[dict], split: str | None, origin: str, key: str) -> list[dict]:
+    """The rows whose `split` field is ``split`` (all of them for None): one file may hold a
+    benchmark's train, dev and test rows. ``key`` names the param that asked, for the error."""
+    if split is None:
+        return rows
+    if not any("split" in r for r in rows[:1000]):
+        raise SqltuneError(f"dataset {origin} has no `split` field in its rows, so {key} ({split!r}) selects "
+                           f"nothing; set {key} to null or add the column")
+    chosen = [r for r in rows if r.get("split") == split]
+    if not chosen:
+        found = ", ".join(sorted({str(r.get("split")) for r in rows}))
+        raise SqltuneError(f"no row of dataset {origin} has split {split!r} ({key}); it has: {found}")
+    return chosen
+
+
+def load_clean(spec: str, p: PrepareParams, revision: str | None = None, split: str | None = None,
+               key: str = "prepare.dataset_split") -> tuple[list[dict], Counter]:
+    """The rows of ``spec`` (those of ``split``, see rows_of_split) that ``clean_rows`` keeps, and
+    the drop counts."""
     rows = load_rows(spec, p.hub_split, revision)
     check_columns(rows, spec)
+    rows = rows_of_split(rows, split, spec, key)
     kept, dropped = clean_rows(rows)
     frac = sum(dropped.values()) / len(rows)
     if frac > p.max_dropped_fraction:
@@ -241,7 +259,9 @@ def require_tracked(p: PrepareParams, raw_dir: str | Path) -> None:
     """Local datasets must lie in the folder the prepare stage depends on, so that DVC sees them change."""
     from sqltune.io import require_inside
 
-    for key, spec in (("prepare.dataset", p.dataset), ("prepare.test_dataset", p.test_dataset)):
+    specs = [("prepare.dataset", p.dataset), ("prepare.test_dataset", p.test_dataset),
+             *((f"prepare.mix[{i}].dataset", m.dataset) for i, m in enumerate(p.mix))]
+    for key, spec in specs:
         if spec is not None and is_local(spec):
             require_inside(spec, raw_dir, key)
 
@@ -253,7 +273,7 @@ def build_splits(p: PrepareParams, seed: int, raw_dir: str | Path | None = None)
     if raw_dir is not None:
         require_tracked(p, raw_dir)
     # A revision names a commit of one hub repository, so it pins prepare.dataset only.
-    loaded, dropped = load_clean(p.dataset, p, p.revision)
+    loaded, dropped = load_clean(p.dataset, p, p.revision, p.dataset_split)
     # Duplicates are no data error: reported, and not counted toward max_dropped_fraction.
     rows, duplicates = drop_duplicates(loaded)
     stats = {"loaded": len(loaded) + sum(dropped.values()), "dropped": dict(dropped),
@@ -261,7 +281,7 @@ def build_splits(p: PrepareParams, seed: int, raw_dir: str | Path | None = None)
     if p.test_dataset is None:
         train, test, in_test = split_counted(rows, p.train_size, p.test_size, p.split, seed)
     else:
-        test_rows, test_dropped = load_clean(p.test_dataset, p)
+        test_rows, test_dropped = load_clean(p.test_dataset, p, split=p.test_split, key="prepare.test_split")
         _, test = split_rows(test_rows, 0, p.test_size, "random", seed, p.test_offset)
         # Only the slice is de-duplicated: which rows of the test source form the slice at a given
         # test_offset then does not depend on duplicates elsewhere in the source, so a reported
@@ -277,9 +297,43 @@ def build_splits(p: PrepareParams, seed: int, raw_dir: str | Path | None = None)
         # Likewise the questions of the whole test source, not only this slice's, stay out of train.
         held_questions = frozenset(question_key(r) for r in test_rows)
         train, _, in_test = split_counted(rows, p.train_size, 0, "random", seed, held=held_questions)
+    if p.mix:
+        held = frozenset(question_key(r) for r in (test_rows if p.test_dataset is not None else test))
+        train, mixed, passed_over = mix_in(train, p, held, seed, stats)
+        stats["mixed_rows"] = mixed
+        in_test += passed_over
     stats["train_rows_in_test"] = in_test
     stats.update(split_stats(train, test))
     return train, test, stats
+
+
+def mix_in(train: list[dict], p: PrepareParams, held: frozenset, seed: int, stats: dict) -> tuple[list[dict], int, int]:
+    """``train`` plus every usable row of each prepare.mix source, ``repeat`` times, in a seeded
+    shuffle; a row whose question and schema are a test row's stays out. Returns the rows, how many
+    distinct rows were mixed in, and how many were left out for being test questions. The sources'
+    loads and drops go into ``stats``."""
+    out, mixed, passed_over = list(train), 0, 0
+    seen = {(r["question"], r["context"], r["answer"]) for r in train}
+    for i, m in enumerate(p.mix):
+        rows, dropped = load_clean(m.dataset, p, m.revision, m.split, key=f"prepare.mix[{i}].split")
+        stats["loaded"] += len(rows) + sum(dropped.values())
+        for reason, n in dropped.items():
+            stats["dropped"][reason] = stats["dropped"].get(reason, 0) + n
+        rows, duplicates = drop_duplicates(rows)
+        stats["duplicate_rows"] += duplicates
+        kept = []
+        for row in rows:
+            if question_key(row) in held:
+                passed_over += 1
+            elif (row["question"], row["context"], row["answer"]) in seen:
+                stats["duplicate_rows"] += 1
+            else:
+                kept.append(row)
+                seen.add((row["question"], row["context"], row["answer"]))
+        mixed += len(kept)
+        out += kept * m.repeat
+    random.Random(seed).shuffle(out)
+    return out, mixed, passed_over
 
 
 def flat_stats(stats: dict) -> dict:

@@ -113,7 +113,8 @@ def model_card(params: Params, base_model: str) -> str:
         f"---\n{CardParams.metadata(base_model, 'merge' if params.train.peft else 'finetune').to_yaml()}\n---\n"
         f"# {base_model}, fine-tuned for text-to-SQL with sqltune\n\n"
         f"- **Base model:** {base_model}\n"
-        f"- **Data:** {p.dataset} ({p.train_size} train rows, {p.split} split, seed {params.seed})\n"
+        f"- **Data:** {p.train_sources() if p.mix or p.dataset_split else p.dataset} ({p.train_size} train rows"
+        f"{' of the first' if p.mix else ''}, {p.split} split, seed {params.seed})\n"
         f"{how}; prompt format in `{PROMPT_FILE}`.\n\n"
         f"## Training params\n\n```yaml\n{yaml.safe_dump(params.train.model_dump(), sort_keys=False)}```\n"
     )

@@ -36,6 +36,8 @@ def main() -> None:
     write_json(args.stats, flat_stats(stats))
     line = (f"prepare: {stats['train_rows']} train / {stats['test_rows']} test rows; {_dropped(stats)}; "
             f"{stats['train_rows_in_test']} train rows dropped for sharing a test row's question and schema")
+    if "mixed_rows" in stats:
+        line += f"; {stats['mixed_rows']} rows mixed in from prepare.mix"
     if "test_loaded" in stats:
         line += f"; test source: {_dropped(stats, 'test_', ' from the test slice')}"
     print(line)

@@ -177,3 +177,53 @@ def test_test_offset_takes_a_disjoint_slice_and_keeps_train(tmp_path):
             assert "head0" not in {r["context"].split()[2] for r in train0}
     with pytest.raises(SqltuneError, match=r"prepare.test_offset \(28\) exceeds"):
         build_splits(p.model_copy(update={"test_offset": 28}), 0)
+
+
+def benchmark_file(tmp_path):
+    """One file with a benchmark's train, dev and test rows in a `split` field, as GeoQuery's."""
+    rows = [{"question": f"Which states border state {n}?", "context": "CREATE TABLE border (state TEXT, border TEXT)",
+             "answer": f"SELECT border FROM border WHERE state = 's{n}'", "db_id": "geo",
+             "split": "train" if n < 12 else "dev" if n < 15 else "test"} for n in range(20)]
+    rows[3]["question"], rows[3]["answer"] = rows[17]["question"], rows[17]["answer"]  # a test question in train
+    f = tmp_path / "bench.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f, rows
+
+
+def test_split_field_selects_rows_and_mix_adds_a_repeated_source(tmp_path):
+    from sqltune.data import flat_stats
+
+    bench, rows = benchmark_file(tmp_path)
+    main = write(tmp_path, "jsonl")
+    p = params(dataset=str(main), train_size=10, test_dataset=str(bench), test_split="test", test_size=4,
+               mix=[{"dataset": str(bench), "split": "train", "repeat": 3}])
+    train, test, stats = build_splits(p, seed=1)
+    assert {r["question"] for r in test} <= {r["question"] for r in rows if r["split"] == "test"}
+    assert {r.get("db_id") for r in test} == {"geo"}
+    mixed = [r for r in train if r.get("db_id") == "geo"]
+    # 12 train-split rows, less the one whose question and schema are a test row's, each three times
+    assert stats["mixed_rows"] == 11 and len(mixed) == 33 and len(train) == 10 + 33
+    assert {r["question"] for r in mixed} == {r["question"] for r in rows[:12]} - {rows[17]["question"]}
+    assert stats["train_rows_in_test"] >= 1 and not {r["question"] for r in train} & {r["question"] for r in test}
+    assert [r["question"] for r in build_splits(p, seed=1)[0]] == [r["question"] for r in train]  # seeded
+    assert flat_stats(stats)["mixed_rows"] == 11
+    # without mix and split selection nothing changes: the same train rows as before these params existed
+    plain = build_splits(params(dataset=str(main), train_size=10, test_dataset=str(bench), test_size=4), seed=1)
+    assert "mixed_rows" not in plain[2] and len(plain[0]) == 10
+
+
+def test_split_selection_errors_name_the_param_and_the_values(tmp_path):
+    bench, _ = benchmark_file(tmp_path)
+    main = write(tmp_path, "jsonl")
+    with pytest.raises(SqltuneError, match=r"no row of dataset .*bench.jsonl has split 'tset' \(prepare.test_split\); "
+                                           r"it has: dev, test, train"):
+        build_splits(params(dataset=str(main), train_size=10, test_dataset=str(bench), test_split="tset"), seed=1)
+    with pytest.raises(SqltuneError, match=r"has no `split` field .*prepare.mix\[0\].split \('train'\)"):
+        build_splits(params(dataset=str(bench), train_size=5, mix=[{"dataset": str(main), "split": "train"}]), seed=1)
+    (tmp_path / "raw").mkdir()
+    inside = write(tmp_path / "raw", "jsonl")
+    with pytest.raises(SqltuneError, match=r"prepare.mix\[0\].dataset .*bench.jsonl is outside .*raw"):
+        build_splits(params(dataset=str(inside), train_size=5, mix=[{"dataset": str(bench)}]), seed=1,
+                     raw_dir=tmp_path / "raw")
+    with pytest.raises(ValueError, match="test_split needs test_dataset"):
+        params(test_split="test")
