@@ -176,3 +176,21 @@ def test_decoding_table_matches_its_records():
                 if line.startswith("evaluate: finetuned"):
                     ex, acc = line.split("exact_match")[1].split()[0], line.split("execution_accuracy")[1].split()[0]
                     assert f"{acc} / {ex}" in cells, (rec.name, line)
+
+
+def test_geoquery_tuning_table_matches_its_records():
+    """Each GeoQuery tuning row in docs/gpu.md shows its record's scores and training time, and
+    every one was scored on the dev split, never on the test split that the preset reports."""
+    doc = (ROOT / "docs/gpu.md").read_text().splitlines()
+    records = sorted((ROOT / "metrics/runs/gpu-geoquery").glob("t-*"))
+    assert records
+    for rec in records:
+        assert yaml.safe_load((rec / "params.yaml").read_text())["prepare"]["test_split"] == "dev"
+        ev = json.loads((rec / "metrics/eval/metrics.json").read_text())["finetuned"]
+        runtime = json.loads((rec / "metrics/train/metrics.json").read_text())["train"]["runtime"]
+        row = next(line for line in doc if line.startswith(f"| {rec.name} |"))
+        cells = [c.strip() for c in row.split("|")]
+        assert f"{ev['execution_accuracy']:.3f}" in cells and f"{ev['exact_match']:.3f}" in cells, row
+        assert f"{runtime:.1f} s" in cells and ev["n"] == 48, row
+        rows = [json.loads(line) for line in (rec / "metrics/predictions.jsonl").read_text().splitlines()]
+        assert not any({"question", "gold"} & set(r) for r in rows)  # ../shared's rows stay out of git
