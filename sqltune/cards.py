@@ -81,7 +81,7 @@ def card_data(params: Params, kind: str, scores: dict, model_name: str):
     revision = p.revision if test_source == p.dataset and hub_dataset(p.dataset) else None
     results = [
         EvalResult(task_type="text-generation", task_name="Text-to-SQL", dataset_type=test_source,
-                   dataset_name=test_source, dataset_split="test", dataset_revision=revision,
+                   dataset_name=test_source, dataset_split=p.test_split or "test", dataset_revision=revision,
                    dataset_args={"rows": scores["n"]}, metric_type=key, metric_name=name, metric_value=scores[key])
         for key, name in INDEX_METRICS.items() if scores.get(key) is not None
     ]
@@ -135,7 +135,8 @@ def how_scored(params: Params, n: int) -> str:
              f"on {e.n_databases} SQLite databases synthesized from each row's schema")
     case = " with text values compared case-blind" if e.value_case == "insensitive" else ""
     return (
-        f"Each model in the table wrote one greedy answer for each of the {n} test rows (from {p.test_dataset or p.dataset}). "
+        f"Each model in the table wrote one greedy answer for each of the {n} test rows (from {p.test_dataset or p.dataset}"
+        f"{f', split {p.test_split}' if p.test_split else ''}). "
         f"Exact match compares the answer with the gold query after sqlglot "
         f"normalizes both; execution accuracy runs both {where}{case} and counts the answer right only when "
         "the results agree on every database, leaving out rows on which the gold query decides nothing.\n"
@@ -154,7 +155,7 @@ def training_summary(params: Params) -> str:
                else "full-precision base weights")
     targets = t.lora.target_modules if isinstance(t.lora.target_modules, str) else ", ".join(t.lora.target_modules)
     method = (f"- **LoRA:** r {t.lora.r}, alpha {t.lora.alpha:g}, dropout {t.lora.dropout:g}, on {targets}; {weights}\n"
-              if t.peft else "- **Full fine-tune:** every weight trained, in fp32 under mixed precision\n")
+              if t.peft else "- **Full fine-tune:** every weight trained, its master copy kept in fp32\n")
     tr = t.trainer
     return (
         f"- **Data:** {data}, {p.train_size} train rows{' of the first' if p.mix else ''}, {p.split} split, "
@@ -179,7 +180,7 @@ def model_card(params: Params, kind: str, metrics: dict) -> str:
         what = (f"{base} with every weight fine-tuned{' (fp32, as trained)' if kind == 'adapter' else ''}: a "
                 "standalone model that answers a question about SQL tables with one SQLite query, fine-tuned "
                 "with sqltune.")
-        prompt_file = f" (`{PROMPT_FILE}` beside the weights holds it, as `system_prompt`)" if kind == "merged" else ""
+        prompt_file = f" (`{PROMPT_FILE}` beside the weights holds it, as `system_prompt`)"
     elif kind == "merged":
         what = (f"{base} with a LoRA adapter (r {lora.r}) merged into its weights: a standalone model that "
                 "answers a question about SQL tables with one SQLite query, fine-tuned with sqltune.")

@@ -183,8 +183,11 @@ def _run_ask(args: argparse.Namespace) -> int:
 def _add_upload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", help="hub repo name or user/name (default HF_USERNAME/sqltune-merged; sqltune-adapter with --skip-merge)")
     p.add_argument("--merged", default="models/merged", help="merged model folder")
-    p.add_argument("--adapter", default="models/adapter", help="adapter folder (with --skip-merge)")
-    p.add_argument("--skip-merge", action="store_true", help="push the LoRA adapter only, merge nothing")
+    p.add_argument("--adapter", default="models/adapter",
+                   help="the train stage's folder: the LoRA adapter, or a full fine-tune's weights (with --skip-merge)")
+    p.add_argument("--skip-merge", action="store_true",
+                   help="push the train stage's output as it is (the LoRA adapter; a full fine-tune's fp32 weights), "
+                        "merge nothing")
     p.add_argument("--skip-upload", action="store_true", help="run dvc repro evaluate merge card, then stop")
     p.add_argument("--public", action="store_true", help="create the hub repo as public (default: private)")
     p.add_argument("--yes", action="store_true", help="push without asking for confirmation")

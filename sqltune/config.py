@@ -28,6 +28,10 @@ DEFAULT_SYSTEM_PROMPT = (
     "over these tables, and nothing else.\n\n{context}"
 )
 
+# Beside a model that sqltune saves (merged, or fully fine-tuned): the system prompt it was trained
+# with, which predict and ask read.
+PROMPT_FILE = "sqltune.json"
+
 # A params file is a few KB of settings; a far larger file is the wrong file, and the pure-Python
 # YAML parser (needed for the depth and alias checks) would spend seconds and much memory on it.
 MAX_FILE_BYTES = 256 * 1024

@@ -47,15 +47,17 @@ def _load_with_datasets(builder_or_id: str, **kwargs) -> list[dict]:
     return [dict(r) for r in ds]
 
 
-def load_rows(spec: str, hub_split: str = "train", revision: str | None = None) -> list[dict]:
+def load_rows(spec: str, hub_split: str = "train", revision: str | None = None,
+              key: str = "prepare.dataset (or prepare.test_dataset)") -> list[dict]:
     """Load raw rows from 'embedded', a local .jsonl/.json/.csv/.parquet file, or a hub id
-    (``revision``: its branch, tag or commit; local files have none)."""
+    (``revision``: its branch, tag or commit; local files have none). ``key``: the param that
+    names it, for the errors."""
     if spec == EMBEDDED:
         return read_jsonl(embedded_path())
     path = Path(spec)
     if path.suffix.lower() in LOCAL_FORMATS:
         if not path.is_file():
-            raise SqltuneError(f"dataset file {spec} not found; fix prepare.dataset (or prepare.test_dataset)")
+            raise SqltuneError(f"dataset file {spec} not found; fix {key}")
         if path.stat().st_size == 0:
             raise SqltuneError(f"dataset file {spec} is empty; point prepare.dataset at a file with rows")
         if path.suffix.lower() == ".jsonl":
@@ -221,10 +223,10 @@ def rows_of_split(rows: list[dict], split: str | None, origin: str, key: str) ->
     benchmark's train, dev and test rows. ``key`` names the param that asked, for the error."""
     if split is None:
         return rows
-    if not any("split" in r for r in rows[:1000]):
+    if not any("split" in r for r in rows):
         raise SqltuneError(f"dataset {origin} has no `split` field in its rows, so {key} ({split!r}) selects "
                            f"nothing; set {key} to null or add the column")
-    chosen = [r for r in rows if r.get("split") == split]
+    chosen = [r for r in rows if str(r.get("split")) == split]  # a CSV's or JSON's 1 is the param's "1"
     if not chosen:
         found = ", ".join(sorted({str(r.get("split")) for r in rows}))
         raise SqltuneError(f"no row of dataset {origin} has split {split!r} ({key}); it has: {found}")
@@ -232,10 +234,10 @@ def rows_of_split(rows: list[dict], split: str | None, origin: str, key: str) ->
 
 
 def load_clean(spec: str, p: PrepareParams, revision: str | None = None, split: str | None = None,
-               key: str = "prepare.dataset_split") -> tuple[list[dict], Counter]:
+               key: str = "prepare.dataset_split", source_key: str | None = None) -> tuple[list[dict], Counter]:
     """The rows of ``spec`` (those of ``split``, see rows_of_split) that ``clean_rows`` keeps, and
-    the drop counts."""
-    rows = load_rows(spec, p.hub_split, revision)
+    the drop counts. ``key`` and ``source_key`` name the params of the split and the source."""
+    rows = load_rows(spec, p.hub_split, revision, **({"key": source_key} if source_key else {}))
     check_columns(rows, spec)
     rows = rows_of_split(rows, split, spec, key)
     kept, dropped = clean_rows(rows)
@@ -273,7 +275,7 @@ def build_splits(p: PrepareParams, seed: int, raw_dir: str | Path | None = None)
     if raw_dir is not None:
         require_tracked(p, raw_dir)
     # A revision names a commit of one hub repository, so it pins prepare.dataset only.
-    loaded, dropped = load_clean(p.dataset, p, p.revision, p.dataset_split)
+    loaded, dropped = load_clean(p.dataset, p, p.revision, p.dataset_split, source_key="prepare.dataset")
     # Duplicates are no data error: reported, and not counted toward max_dropped_fraction.
     rows, duplicates = drop_duplicates(loaded)
     stats = {"loaded": len(loaded) + sum(dropped.values()), "dropped": dict(dropped),
@@ -281,7 +283,8 @@ def build_splits(p: PrepareParams, seed: int, raw_dir: str | Path | None = None)
     if p.test_dataset is None:
         train, test, in_test = split_counted(rows, p.train_size, p.test_size, p.split, seed)
     else:
-        test_rows, test_dropped = load_clean(p.test_dataset, p, split=p.test_split, key="prepare.test_split")
+        test_rows, test_dropped = load_clean(p.test_dataset, p, split=p.test_split, key="prepare.test_split",
+                                             source_key="prepare.test_dataset")
         _, test = split_rows(test_rows, 0, p.test_size, "random", seed, p.test_offset)
         # Only the slice is de-duplicated: which rows of the test source form the slice at a given
         # test_offset then does not depend on duplicates elsewhere in the source, so a reported
@@ -298,8 +301,11 @@ def build_splits(p: PrepareParams, seed: int, raw_dir: str | Path | None = None)
         held_questions = frozenset(question_key(r) for r in test_rows)
         train, _, in_test = split_counted(rows, p.train_size, 0, "random", seed, held=held_questions)
     if p.mix:
-        held = frozenset(question_key(r) for r in (test_rows if p.test_dataset is not None else test))
-        train, mixed, passed_over = mix_in(train, p, held, seed, stats)
+        source = test_rows if p.test_dataset is not None else test
+        held = frozenset(question_key(r) for r in source)
+        # schema_disjoint holds every test schema out of train, the mixed-in rows' too
+        schemas = frozenset(r["context"] for r in source) if p.split == "schema_disjoint" else frozenset()
+        train, mixed, passed_over = mix_in(train, p, held, seed, stats, schemas)
         stats["mixed_rows"] = mixed
         in_test += passed_over
     stats["train_rows_in_test"] = in_test
@@ -307,15 +313,18 @@ def build_splits(p: PrepareParams, seed: int, raw_dir: str | Path | None = None)
     return train, test, stats
 
 
-def mix_in(train: list[dict], p: PrepareParams, held: frozenset, seed: int, stats: dict) -> tuple[list[dict], int, int]:
+def mix_in(train: list[dict], p: PrepareParams, held: frozenset, seed: int, stats: dict,
+           held_schemas: frozenset = frozenset()) -> tuple[list[dict], int, int]:
     """``train`` plus every usable row of each prepare.mix source, ``repeat`` times, in a seeded
-    shuffle; a row whose question and schema are a test row's stays out. Returns the rows, how many
-    distinct rows were mixed in, and how many were left out for being test questions. The sources'
-    loads and drops go into ``stats``."""
+    shuffle; a row whose question and schema are a test row's (or whose schema is in
+    ``held_schemas``) stays out. Returns the rows, how many distinct rows were mixed in, and how
+    many were left out for the test rows. The sources' loads and drops go into ``stats``; a source
+    that adds no row is an error, as a typo in its split would be."""
     out, mixed, passed_over = list(train), 0, 0
     seen = {(r["question"], r["context"], r["answer"]) for r in train}
     for i, m in enumerate(p.mix):
-        rows, dropped = load_clean(m.dataset, p, m.revision, m.split, key=f"prepare.mix[{i}].split")
+        rows, dropped = load_clean(m.dataset, p, m.revision, m.split, key=f"prepare.mix[{i}].split",
+                                   source_key=f"prepare.mix[{i}].dataset")
         stats["loaded"] += len(rows) + sum(dropped.values())
         for reason, n in dropped.items():
             stats["dropped"][reason] = stats["dropped"].get(reason, 0) + n
@@ -323,13 +332,16 @@ def mix_in(train: list[dict], p: PrepareParams, held: frozenset, seed: int, stat
         stats["duplicate_rows"] += duplicates
         kept = []
         for row in rows:
-            if question_key(row) in held:
+            if question_key(row) in held or row["context"] in held_schemas:
                 passed_over += 1
             elif (row["question"], row["context"], row["answer"]) in seen:
                 stats["duplicate_rows"] += 1
             else:
                 kept.append(row)
                 seen.add((row["question"], row["context"], row["answer"]))
+        if not kept:
+            raise SqltuneError(f"prepare.mix[{i}] ({m.dataset}) adds no train row: each of its rows is a test "
+                               "question (or schema) or already in train; point it at other rows or remove it")
         mixed += len(kept)
         out += kept * m.repeat
     random.Random(seed).shuffle(out)

@@ -34,15 +34,20 @@ def run_main(main: Callable[[], int | None], log: str | None = None) -> None:
         except Exception as exc:
             if not _out_of_gpu_memory(exc):
                 raise
-            first = (str(exc).strip().splitlines() or [""])[0]
+            first = (str(exc).strip().splitlines() or ["CUDA out of memory"])[0]
             print(f"error: out of GPU memory ({first[:200]}). Free the GPU of other processes, or lower what one "
-                  "step holds: train.trainer.per_device_batch_size or max_length, gradient_checkpointing: true or "
-                  "method lora instead of full (train); evaluate.batch_tokens or max_batch_size (evaluate)",
-                  file=sys.stderr)
+                  "step holds: in training train.trainer.per_device_batch_size or max_length, or turn on "
+                  "gradient_checkpointing (a full fine-tune also needs several times LoRA's memory); in "
+                  "evaluation evaluate.batch_tokens or max_batch_size", file=sys.stderr)
             code = 2
     sys.exit(code or 0)
 
 
-def _out_of_gpu_memory(exc: BaseException) -> bool:
+def _out_of_gpu_memory(exc: BaseException | None, depth: int = 0) -> bool:
+    """torch's OutOfMemoryError, also when another exception wraps it (a library re-raising it)."""
+    if exc is None or depth > 8:
+        return False
     # By name: importing torch here would load it into every command, also those that never use it.
-    return type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.split(".")[0] == "torch"
+    if type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.split(".")[0] == "torch":
+        return True
+    return _out_of_gpu_memory(exc.__cause__ or exc.__context__, depth + 1)

@@ -10,7 +10,8 @@ from sqltune.config import Params
 from sqltune.generation import generate, generate_candidates
 from sqltune.guided import select_rows
 from sqltune.io import read_jsonl, require_inside
-from sqltune.modeling import attach_adapter, is_adapter, load_base_for_inference, load_full_for_inference
+from sqltune.modeling import (ResolvedModel, attach_adapter, is_adapter, load_base_for_inference,
+                              load_full_for_inference, load_tokenizer)
 from sqltune.scoring import score_rows
 from sqltune.sql import extract_sql
 
@@ -78,18 +79,20 @@ def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, bas
     if databases is not None:
         require_inside(params.evaluate.db_dir, databases, "evaluate.db_dir")
     rows = read_jsonl(test_file)[: params.evaluate.limit]
-    model, tok = load_base_for_inference(params, base_cache)
-    model = to_eval_dtype(model, params.evaluate.dtype)
-    results = {}
+    adapter, results = is_adapter(adapter_dir), {}
+    if adapter or params.evaluate.score_base:  # a full fine-tune alone needs no base weights
+        model, tok = load_base_for_inference(params, base_cache)
+        model = to_eval_dtype(model, params.evaluate.dtype)
     if params.evaluate.score_base:
         results["base"] = predict_and_score(model, tok, rows, params, "base")
-    if is_adapter(adapter_dir):
+    if adapter:
         # Merged in memory: the same weights the merge stage ships, and no LoRA matmuls per token
         # (tests/test_generation.py checks that greedy output equals the unmerged adapter's).
         model = attach_adapter(model, adapter_dir)
     else:  # a full fine-tune: its own weights, in the dtype the merge stage ships them in too
-        del model
+        model = None
         model = to_eval_dtype(load_full_for_inference(params, adapter_dir), params.evaluate.dtype)
+        tok = load_tokenizer(ResolvedModel(str(adapter_dir), "local", str(adapter_dir)))  # the one train saved
     results["finetuned"] = predict_and_score(model, tok, rows, params, "finetuned")
     if params.evaluate.decoding != "greedy":
         results["finetuned_guided"] = guided_predict_and_score(model, tok, rows, params, "finetuned_guided")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sqltune.config import CardParams, EvaluateParams, Params
+from sqltune.config import PROMPT_FILE, CardParams, EvaluateParams, Params
 from sqltune.errors import SqltuneError
 from sqltune.modeling import (ResolvedModel, attach_adapter, is_adapter, load_base_for_inference,
                               load_full_for_inference, load_tokenizer)
@@ -14,7 +14,6 @@ from sqltune.generation import generate
 from sqltune.io import atomic_dir, read_jsonl
 from sqltune.metrics_log import score_text
 
-PROMPT_FILE = "sqltune.json"  # the system prompt the model was trained with, for predict/ask
 # Parity compares the merged weights with the adapter on base, so it needs no tuning: its generation
 # settings are fixed here (the default batching, the dynamic cache, a budget long enough for a
 # typical SQL answer) rather than taken from evaluate, whose changes must not re-merge the model.

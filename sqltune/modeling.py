@@ -252,7 +252,11 @@ def load_full_for_inference(params: Params, folder: str | Path):
         raise SqltuneError(f"{folder} holds neither a LoRA adapter (adapter_config.json) nor a model "
                            "(config.json); run `dvc repro train`")
     local = params.model.model_copy(update={"revision": None})  # a revision names hub commits, not this folder
-    model = load_model(ResolvedModel(str(folder), "local", str(folder)), inference_attn(local))
+    try:
+        model = load_model(ResolvedModel(str(folder), "local", str(folder)), inference_attn(local))
+    except SqltuneError as exc:
+        raise SqltuneError(f"{folder} does not load as a model ({str(exc).split(': ', 1)[-1].split('. ')[0]}); "
+                           "run `dvc repro -f train`") from None
     if torch.cuda.is_available():
         model.to("cuda")
     return model

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from sqltune.config import CardParams, LoraParams, Params, TrainerParams
+from sqltune.config import PROMPT_FILE, CardParams, LoraParams, Params, TrainerParams
 from sqltune.errors import SqltuneError
 
 # Files a checkpoint must hold to be resumable; a kill during save leaves some missing. "a|b": either.
@@ -346,10 +346,12 @@ def trained_readme(base_id: str, peft: bool = True) -> str:
     return f"---\n{meta.to_yaml()}\n---\n# {title}, fine-tuned for text-to-SQL with sqltune\n\n{body}"
 
 
-def save_trained(trainer, tok, out_dir: str | Path, base_id: str, revision: str | None = None) -> None:
-    """The trained adapter (LoRA, QLoRA) or the whole trained model (full) into ``out_dir``. Only the
-    main process writes. Under FSDP every process first joins the gather of the full (LoRA)
-    weights from their shards."""
+def save_trained(trainer, tok, out_dir: str | Path, base_id: str, revision: str | None = None,
+                 system_prompt: str | None = None) -> None:
+    """The trained adapter (LoRA, QLoRA) or the whole trained model (full) into ``out_dir``; a full
+    model is usable as it is (ask, predict, upload --skip-merge), so its ``system_prompt`` goes
+    beside it as in a merged one. Only the main process writes. Under FSDP every process first
+    joins the gather of the full (LoRA) weights from their shards."""
     from peft import PeftModel
 
     from sqltune.io import atomic_dir
@@ -368,7 +370,11 @@ def save_trained(trainer, tok, out_dir: str | Path, base_id: str, revision: str 
             if peft:  # LoRA targets no embedding layer, so PEFT needs no look at the base's hub config.
                 model.save_pretrained(tmp, state_dict=state_dict, save_embedding_layers=False)
             else:
+                # The Trainer turns the KV cache off for training; the saved model generates with it.
+                model.config.use_cache = True
                 model.save_pretrained(tmp, state_dict=state_dict)
+                if system_prompt is not None:
+                    (tmp / PROMPT_FILE).write_text(json.dumps({"system_prompt": system_prompt}))
             tok.save_pretrained(tmp)
             (tmp / "README.md").write_text(trained_readme(base_id, peft))
     acc.wait_for_everyone()
@@ -421,6 +427,7 @@ def _train(procs, params: Params, train_file, adapter_dir, ckpt_dir, live_dir, b
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stop.interrupted:
         raise SqltuneError(f"interrupted; a checkpoint is saved in {ckpt_dir}. Run `dvc repro` to resume")
-    save_trained(trainer, tok, adapter_dir, resolved.base_id, params.model.revision if resolved.kind == "hub" else None)
+    save_trained(trainer, tok, adapter_dir, resolved.base_id, params.model.revision if resolved.kind == "hub" else None,
+                 params.prepare.system_prompt)
     return {"global_step": trainer.state.global_step, "world_size": procs.num_processes, "main_process": main,
             "train_sequences": len(trainer.train_dataset), **result.metrics}

@@ -159,6 +159,16 @@ def test_out_of_gpu_memory_is_one_error_line_naming_the_settings(capsys):
     assert exit_.value.code == 2 and err.count("\n") == 1 and err.startswith("error: out of GPU memory (CUDA out")
     assert "per_device_batch_size" in err and "evaluate.batch_tokens" in err and "Traceback" not in err
 
+    def wrapped():  # a library catching it and raising its own error from it
+        try:
+            step()
+        except torch.OutOfMemoryError as exc:
+            raise RuntimeError("generation failed") from exc
+
+    with pytest.raises(SystemExit) as exit_:
+        run_main(wrapped)
+    assert exit_.value.code == 2 and capsys.readouterr().err.startswith("error: out of GPU memory (generation failed)")
+
     def bug():
         raise RuntimeError("a real bug")
 

@@ -227,3 +227,28 @@ def test_split_selection_errors_name_the_param_and_the_values(tmp_path):
                      raw_dir=tmp_path / "raw")
     with pytest.raises(ValueError, match="test_split needs test_dataset"):
         params(test_split="test")
+
+
+def test_mix_keeps_schema_disjoint_and_names_its_own_params(tmp_path):
+    bench, rows = benchmark_file(tmp_path)
+    main = write(tmp_path, "jsonl")
+    # Every benchmark row shares one schema, so schema_disjoint must keep all of the mixed-in ones out.
+    p = params(dataset=str(main), train_size=10, test_dataset=str(bench), test_split="test", test_size=4,
+               split="schema_disjoint", mix=[{"dataset": str(bench), "split": "train"}])
+    with pytest.raises(SqltuneError, match=r"prepare.mix\[0\] \(.*bench.jsonl\) adds no train row"):
+        build_splits(p, seed=1)
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({**r, "context": "CREATE TABLE lake (name TEXT, state TEXT)"}) + "\n"
+                             for r in rows))
+    train, test, stats = build_splits(p.model_copy(update={"mix": [p.mix[0].model_copy(update={"dataset": str(other)})]}),
+                                      seed=1)
+    assert stats["test_schemas_seen_in_train"] == 0 and stats["mixed_rows"] == 12
+    with pytest.raises(SqltuneError, match=r"dataset file .*nope.jsonl not found; fix prepare.mix\[0\].dataset"):
+        build_splits(params(dataset=str(main), train_size=5, mix=[{"dataset": str(tmp_path / "nope.jsonl")}]), seed=1)
+
+
+def test_split_values_compare_as_text(tmp_path):
+    from sqltune.data import rows_of_split
+
+    rows = [{"question": "q", "split": 1}, {"question": "r", "split": 2}, {"question": "s"}]
+    assert rows_of_split(rows, "1", "f", "prepare.dataset_split") == rows[:1]

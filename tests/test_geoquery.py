@@ -118,3 +118,20 @@ def test_ask_bench_runs_a_model_through_ask(geo, tmp_path, tokenizer_dir):
     result = json.loads(out.read_text())
     assert f"greedy: {result['greedy']['right']} of 2 right" in done.stdout
     assert len(result["guided"]["answers"]) == 2
+
+
+def test_cards_name_the_split_that_was_scored(tmp_path):
+    """A run scored on a dev split says so in the model-index, not 'test' (no data needed)."""
+    from huggingface_hub import ModelCard
+
+    from sqltune.cards import model_card
+
+    raw = yaml.safe_load((ROOT / "presets/gpu-smollm2-geoquery.yaml").read_text())
+    metrics = {"finetuned": {"n": 48, "execution_accuracy": 0.5, "exact_match": 0.4}}
+    for split in ("dev", "test"):
+        raw["prepare"]["test_split"] = split
+        path = tmp_path / f"{split}.md"
+        path.write_text(model_card(parse_params(raw), "merged", metrics))
+        card = ModelCard.load(path)
+        assert {r.dataset_split for r in card.data.eval_results} == {split}
+        assert f"split {split}" in card.text and card.data.base_model_relation == "finetune"

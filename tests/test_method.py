@@ -54,6 +54,10 @@ def test_full_saves_the_whole_model_with_every_weight_trained(project, base_dir)
     untouched = [k for k in before if bool((after[k] == before[k]).all())]
     assert not untouched, untouched  # embeddings, norms and every projection moved
     assert {str(t.dtype) for t in after.values()} == {"torch.float32"}
+    # usable as it is (ask, predict, upload --skip-merge): its prompt beside it, the KV cache on
+    prompt = json.loads((trained / "sqltune.json").read_text())["system_prompt"]
+    assert prompt == json.loads((project / "models/merged/sqltune.json").read_text())["system_prompt"]
+    assert json.loads((trained / "config.json").read_text())["use_cache"] is True
 
 
 def test_evaluate_scores_the_trained_weights(project):
@@ -73,6 +77,26 @@ def test_evaluate_scores_the_trained_weights(project):
     assert [p["prediction"] for p in preds] == expected
     base = [r["prediction"] for r in read_jsonl(project / "metrics/predictions.jsonl") if r["model"] == "base"]
     assert base != expected  # the base was scored on its own weights
+
+
+def test_evaluate_without_the_base_loads_no_base_weights(project, monkeypatch):
+    """A full fine-tune scored alone needs only its own folder: no base load (a hub base would need
+    the network), and the same predictions as the stage's run with the base."""
+    from sqltune import evaluation
+    from sqltune.config import load_params
+    from sqltune.io import read_jsonl
+
+    def no_base(*args, **kwargs):
+        raise AssertionError("the base was loaded")
+
+    monkeypatch.setattr(evaluation, "load_base_for_inference", no_base)
+    params = load_params(project / "params.yaml")
+    params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"score_base": False})})
+    _, results = evaluation.evaluate(params, project / "data/prepared/test.jsonl", project / "models/adapter",
+                                     project / "models/base")
+    assert set(results) == {"finetuned"}
+    ran = [r["prediction"] for r in read_jsonl(project / "metrics/predictions.jsonl") if r["model"] == "finetuned"]
+    assert [r["prediction"] for r in results["finetuned"][1]] == ran
 
 
 def test_merge_ships_the_trained_weights_with_nothing_to_merge(project):
