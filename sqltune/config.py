@@ -11,6 +11,7 @@ as a number: no ``true`` for 1, no quoted "8", no ``.inf`` or ``.nan``.
 
 from __future__ import annotations
 
+import json
 import re
 import reprlib
 import string
@@ -31,6 +32,10 @@ DEFAULT_SYSTEM_PROMPT = (
 # Beside a model that sqltune saves (merged, or fully fine-tuned): the system prompt it was trained
 # with, which predict and ask read.
 PROMPT_FILE = "sqltune.json"
+
+
+def write_prompt_file(folder: Path, system_prompt: str) -> None:
+    (Path(folder) / PROMPT_FILE).write_text(json.dumps({"system_prompt": system_prompt}))
 
 # A params file is a few KB of settings; a far larger file is the wrong file, and the pure-Python
 # YAML parser (needed for the depth and alias checks) would spend seconds and much memory on it.

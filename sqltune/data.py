@@ -234,10 +234,10 @@ def rows_of_split(rows: list[dict], split: str | None, origin: str, key: str) ->
 
 
 def load_clean(spec: str, p: PrepareParams, revision: str | None = None, split: str | None = None,
-               key: str = "prepare.dataset_split", source_key: str | None = None) -> tuple[list[dict], Counter]:
+               key: str = "prepare.dataset_split", source_key: str = "prepare.dataset") -> tuple[list[dict], Counter]:
     """The rows of ``spec`` (those of ``split``, see rows_of_split) that ``clean_rows`` keeps, and
     the drop counts. ``key`` and ``source_key`` name the params of the split and the source."""
-    rows = load_rows(spec, p.hub_split, revision, **({"key": source_key} if source_key else {}))
+    rows = load_rows(spec, p.hub_split, revision, source_key)
     check_columns(rows, spec)
     rows = rows_of_split(rows, split, spec, key)
     kept, dropped = clean_rows(rows)
@@ -275,7 +275,7 @@ def build_splits(p: PrepareParams, seed: int, raw_dir: str | Path | None = None)
     if raw_dir is not None:
         require_tracked(p, raw_dir)
     # A revision names a commit of one hub repository, so it pins prepare.dataset only.
-    loaded, dropped = load_clean(p.dataset, p, p.revision, p.dataset_split, source_key="prepare.dataset")
+    loaded, dropped = load_clean(p.dataset, p, p.revision, p.dataset_split)
     # Duplicates are no data error: reported, and not counted toward max_dropped_fraction.
     rows, duplicates = drop_duplicates(loaded)
     stats = {"loaded": len(loaded) + sum(dropped.values()), "dropped": dict(dropped),

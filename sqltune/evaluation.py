@@ -10,8 +10,7 @@ from sqltune.config import Params
 from sqltune.generation import generate, generate_candidates
 from sqltune.guided import select_rows
 from sqltune.io import read_jsonl, require_inside
-from sqltune.modeling import (ResolvedModel, attach_adapter, is_adapter, load_base_for_inference,
-                              load_full_for_inference, load_tokenizer)
+from sqltune.modeling import attach_adapter, is_adapter, load_base_for_inference, load_full_for_inference
 from sqltune.scoring import score_rows
 from sqltune.sql import extract_sql
 
@@ -90,9 +89,9 @@ def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, bas
         # (tests/test_generation.py checks that greedy output equals the unmerged adapter's).
         model = attach_adapter(model, adapter_dir)
     else:  # a full fine-tune: its own weights, in the dtype the merge stage ships them in too
-        model = None
-        model = to_eval_dtype(load_full_for_inference(params, adapter_dir), params.evaluate.dtype)
-        tok = load_tokenizer(ResolvedModel(str(adapter_dir), "local", str(adapter_dir)))  # the one train saved
+        model = None  # the base's weights go before the fine-tune's load
+        model, tok = load_full_for_inference(params, adapter_dir)
+        model = to_eval_dtype(model, params.evaluate.dtype)
     results["finetuned"] = predict_and_score(model, tok, rows, params, "finetuned")
     if params.evaluate.decoding != "greedy":
         results["finetuned_guided"] = guided_predict_and_score(model, tok, rows, params, "finetuned_guided")

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sqltune.config import PROMPT_FILE, CardParams, EvaluateParams, Params
+from sqltune.config import PROMPT_FILE, CardParams, EvaluateParams, Params, write_prompt_file
 from sqltune.errors import SqltuneError
-from sqltune.modeling import (ResolvedModel, attach_adapter, is_adapter, load_base_for_inference,
-                              load_full_for_inference, load_tokenizer)
+from sqltune.modeling import attach_adapter, is_adapter, load_base_for_inference, load_full_for_inference
 from sqltune.generation import generate
 from sqltune.io import atomic_dir, read_jsonl
 from sqltune.metrics_log import score_text
@@ -162,8 +161,7 @@ def _ship_full(params: Params, folder: str | Path, out_dir: str | Path) -> dict:
     import torch
 
     base_model = _base_of_full(folder)
-    model = load_full_for_inference(params, folder)
-    tok = load_tokenizer(ResolvedModel(str(folder), "local", str(folder)))  # the one train saved beside it
+    model, tok = load_full_for_inference(params, folder)
     if params.merge.dtype != "auto":
         model = model.to(getattr(torch, params.merge.dtype))
     _save(params, model, tok, base_model, out_dir)
@@ -178,4 +176,4 @@ def _save(params: Params, model, tok, base_model: str, out_dir: str | Path) -> N
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "README.md").write_text(model_card(params, base_model))
-        (tmp / PROMPT_FILE).write_text(json.dumps({"system_prompt": params.prepare.system_prompt}))
+        write_prompt_file(tmp, params.prepare.system_prompt)

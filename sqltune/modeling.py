@@ -244,22 +244,24 @@ def is_adapter(folder: str | Path) -> bool:
 
 
 def load_full_for_inference(params: Params, folder: str | Path):
-    """A full fine-tune's weights (the train stage's folder) in the eval dtype, on the GPU if any:
-    what the base is for a LoRA run, with the training already in it."""
+    """A full fine-tune's weights (the train stage's folder) in the eval dtype, on the GPU if any,
+    and the tokenizer train saved beside them: what load_base_for_inference is for a LoRA run,
+    with the training already in it."""
     import torch
 
     if not (Path(folder) / "config.json").is_file():
         raise SqltuneError(f"{folder} holds neither a LoRA adapter (adapter_config.json) nor a model "
                            "(config.json); run `dvc repro train`")
     local = params.model.model_copy(update={"revision": None})  # a revision names hub commits, not this folder
+    trained = ResolvedModel(str(folder), "local", str(folder))
     try:
-        model = load_model(ResolvedModel(str(folder), "local", str(folder)), inference_attn(local))
+        model = load_model(trained, inference_attn(local))
     except SqltuneError as exc:
         raise SqltuneError(f"{folder} does not load as a model ({str(exc).split(': ', 1)[-1].split('. ')[0]}); "
                            "run `dvc repro -f train`") from None
     if torch.cuda.is_available():
         model.to("cuda")
-    return model
+    return model, load_tokenizer(trained)
 
 
 @contextmanager

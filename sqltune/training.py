@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from sqltune.config import PROMPT_FILE, CardParams, LoraParams, Params, TrainerParams
+from sqltune.config import CardParams, LoraParams, Params, TrainerParams, write_prompt_file
 from sqltune.errors import SqltuneError
 
 # Files a checkpoint must hold to be resumable; a kill during save leaves some missing. "a|b": either.
@@ -374,7 +374,7 @@ def save_trained(trainer, tok, out_dir: str | Path, base_id: str, revision: str 
                 model.config.use_cache = True
                 model.save_pretrained(tmp, state_dict=state_dict)
                 if system_prompt is not None:
-                    (tmp / PROMPT_FILE).write_text(json.dumps({"system_prompt": system_prompt}))
+                    write_prompt_file(tmp, system_prompt)
             tok.save_pretrained(tmp)
             (tmp / "README.md").write_text(trained_readme(base_id, peft))
     acc.wait_for_everyone()
