@@ -78,7 +78,9 @@ def count_params(config) -> int:
 # to measure a lever before it becomes a param.
 # `sdp_backends=efficient+flash` limits SDPA to those kernels (torch.nn.attention.sdpa_kernel) for the
 # setup: the profile shows cuDNN's attention costing about 2 ms of host time a call.
-BENCH_KEYS = ("kbit_prepare", "lora_input_cast", "sdp_backends")
+# `dense_lm_head` projects every position through the LM head, labelled or not, as TRL does off CUDA
+# (sqltune projects only the labelled ones: sqltune.training.head_on_labelled_positions).
+BENCH_KEYS = ("kbit_prepare", "lora_input_cast", "sdp_backends", "dense_lm_head")
 
 
 def apply_overrides(data: dict, spec: str) -> tuple[dict, dict]:
@@ -157,7 +159,7 @@ def run_setup(name, params, model_dir, tok, rows, steps, warmup, extra=None, pro
     from transformers import TrainerCallback
 
     from sqltune.modeling import ResolvedModel, load_model
-    from sqltune.training import build_trainer, keep_lora_inputs
+    from sqltune.training import build_trainer, head_on_labelled_positions, keep_lora_inputs
 
     cuda = torch.cuda.is_available()
     if cuda:
@@ -198,6 +200,7 @@ def run_setup(name, params, model_dir, tok, rows, steps, warmup, extra=None, pro
                             max_steps=warmup + steps + (2 if profile else 0), **sft, **overrides)  # < save_steps: no checkpoint is written
     if (extra or {}).get("lora_input_cast"):
         keep_lora_inputs(trainer.model, keep=False)
+    head_on_labelled_positions(not (extra or {}).get("dense_lm_head"))
     counter = TokenCounter(trainer.training_step)
     trainer.training_step = counter
     with sdp_backends((extra or {}).get("sdp_backends")):

@@ -282,11 +282,39 @@ def build_trainer(params: Params, model, tok, dataset, out_dir: str | Path, call
 
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(readable_progress())
+    head_on_labelled_positions()
     if params.train.peft and (trainer.args.bf16 or trainer.args.fp16):
         keep_lora_inputs(trainer.model)
     if not tp.end_of_turn_loss:
         trainer.data_collator = MaskToken(trainer.data_collator, tok.eos_token_id)
     return trainer
+
+
+def head_on_labelled_positions(on: bool = True) -> bool:
+    """TRL's fused LM head projects only the positions that carry a label where Triton runs (CUDA);
+    on other devices it projects every position, so that a compiling backend (Neuron) sees one tile
+    shape whatever the number of labels. A CPU runs eagerly and recompiles nothing, and under
+    completion-only loss most positions are prompt, so there the projection through the
+    vocabulary-sized head of positions without a label was the largest single cost of a step
+    (bench/train_throughput.py, docs/speed.md). The loss, the metrics and the gradients are the
+    same either way (tests/test_training.py). on=False restores TRL's choice (the bench compares
+    the two). Returns whether TRL has the switch this relies on (a performance change only)."""
+    import trl.trainer.utils as tu
+
+    current = getattr(tu, "_use_triton", None)
+    if current is None:
+        return False
+    original = getattr(current, "original", current)
+    if not on:
+        tu._use_triton = original
+        return True
+
+    def labelled_only(device) -> bool:
+        return original(device) or device.type == "cpu"
+
+    labelled_only.original = original
+    tu._use_triton = labelled_only
+    return True
 
 
 class MaskToken:

@@ -348,3 +348,56 @@ def test_pad_to_multiple_of_rounds_the_batch_length_up(tiny_model_dir, tmp_path)
     assert torch.equal(padded["input_ids"][:, :width], plain["input_ids"])
     assert (padded["attention_mask"][:, width:] == 0).all() and (padded["labels"][:, width:] == -100).all()
     assert torch.equal(padded["labels"][:, :width], plain["labels"])
+
+
+def test_lm_head_projects_only_labelled_positions_on_cpu_with_the_same_loss_and_gradients(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """On a CPU the stage's trainer sends only the positions that carry a label through TRL's fused
+    LM head (TRL itself projects every position off CUDA); the loss, the logged metrics and every
+    gradient equal those of projecting them all."""
+    import trl.trainer.utils as tu
+    from transformers import AutoTokenizer
+
+    from sqltune.training import head_on_labelled_positions
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = chat_rows([f"how many rows are in table t{i} where the id is over {i}" for i in range(6)],
+                     [f"SELECT COUNT(*) FROM t{i} WHERE id > {i}" for i in range(6)])
+    trainer, batch = first_batch(tiny_model_dir, tok, rows, tmp_path)
+    assert tu._use_triton(torch.device("cpu"))  # build_trainer switched it on
+    model = trainer.model.eval()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:  # lora_B starts at zero, which would hide a difference in lora_A's gradient
+        torch.nn.init.normal_(p, std=0.02)
+    projected = []
+    real = tu._ChunkedLogProbFunction
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):
+            projected.append(hidden.shape[0])
+            return real.apply(hidden, *args)
+
+    monkeypatch.setattr(tu, "_ChunkedLogProbFunction", Spy)
+
+    def run(labelled_only: bool):
+        head_on_labelled_positions(labelled_only)
+        trainer._metrics["eval"].clear()  # eval mode (no dropout): the metrics go under eval
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch))
+        loss.backward()
+        metrics = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+        return loss.detach(), metrics, [p.grad.clone() for p in trainable]
+
+    try:
+        dense, compact = run(False), run(True)
+    finally:
+        head_on_labelled_positions(True)
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    positions = batch["input_ids"][:, 1:].numel()
+    assert projected == [positions, labelled] and labelled < positions / 2
+    assert torch.allclose(dense[0], compact[0], rtol=1e-5, atol=1e-6)
+    assert dense[1].keys() == compact[1].keys() >= {"entropy", "mean_token_accuracy"}
+    assert all(abs(dense[1][k] - compact[1][k]) < 1e-5 for k in dense[1])
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(dense[2], compact[2]))
+    assert any(g.abs().sum() > 0 for g in compact[2])
