@@ -425,7 +425,7 @@ class EvaluateParams(_Strict):
     # static: a fixed-size KV cache, which lets `compile` compile (and CUDA-graph) the decoding step.
     cache: Literal["dynamic", "static"] = "dynamic"
     compile: bool = False
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto = bf16 on CUDA and on a CPU with bf16 units, else fp32
     limit: Optional[int] = Field(default=None, gt=0)
     score_base: bool = True
     n_databases: int = Field(default=8, gt=0, le=100)

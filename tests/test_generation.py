@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from sqltune.config import EvaluateParams
 from sqltune.generation import bytes_per_token, generate, generate_ids, plan_batches, token_budget
@@ -84,3 +85,19 @@ def test_merged_in_memory_equals_the_unmerged_adapter(tiny):
     merged = generate(peft_model.merge_and_unload(), tok, PROMPTS, s)
     assert merged == unmerged
     assert sum(a != b for a, b in zip(unmerged, base_out)) >= 3  # the adapter changes most answers
+
+
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_eval_dtype_auto_is_bf16_on_a_cpu_with_bf16_units_else_fp32(tiny_model_dir, monkeypatch, bf16_units):
+    from transformers import AutoModelForCausalLM
+
+    from sqltune import modeling
+    from sqltune.evaluation import to_eval_dtype
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: bf16_units)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert modeling.amp_dtype("auto") == (torch.bfloat16 if bf16_units else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    dtypes = {p.dtype for p in to_eval_dtype(model, "auto").parameters()}
+    assert dtypes == {torch.bfloat16 if bf16_units else torch.float32}
+    assert {p.dtype for p in to_eval_dtype(model, "float32").parameters()} == {torch.float32}  # a set dtype wins
