@@ -2,7 +2,7 @@
 
 Builds a model of a named architecture with random weights (the cost of a decoding step does not
 depend on the values; bench/train_throughput.py's ARCHS and random_model_dir), loads it the way
-the evaluate stage does (`load_base_for_inference`, then `to_eval_dtype`), and times
+the evaluate stage does (`load_base_for_inference` in the evaluate dtype), and times
 `sqltune.generation.generate` - length-sorted, left-padded batches sized by the evaluate params'
 token budget - on prompts rendered by the project's own prompt code (sqltune.data.to_messages and
 the tokenizer's chat template) from sql-create-context shaped rows. Random weights never emit EOS
@@ -49,7 +49,6 @@ from train_throughput import ARCHS, bench_tokenizer, card_name, random_model_dir
 
 from sqltune.config import EvaluateParams, Params, QuantizationParams, load_params  # noqa: E402
 from sqltune.data import build_splits, to_messages  # noqa: E402
-from sqltune.evaluation import to_eval_dtype  # noqa: E402
 from sqltune.generation import generate_ids, plan_batches, render_prompts, token_budget, until_eos  # noqa: E402
 from sqltune.io import read_jsonl  # noqa: E402
 from sqltune.modeling import (attach_adapter, load_base_for_inference,  # noqa: E402
@@ -105,9 +104,8 @@ def with_adapter(model, how: str, args):
 
 
 def load_eval_model(params: Params, args, dtype: str, adapter: str, force_new: int | None):
-    """The evaluate stage's loading: full-precision base (bf16 on CUDA), the eval dtype, the LoRA."""
-    model, _ = load_base_for_inference(params, args.model_root)
-    model = to_eval_dtype(model, dtype)
+    """The evaluate stage's loading: the base in the eval dtype (never 4-bit), then the LoRA."""
+    model, _ = load_base_for_inference(params, args.model_root, dtype)
     if force_new:
         model.generation_config.min_new_tokens = force_new
     return with_adapter(model, adapter, args)

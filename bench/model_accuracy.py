@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sqltune.config import load_params  # noqa: E402
-from sqltune.evaluation import predict_and_score, to_eval_dtype  # noqa: E402
+from sqltune.evaluation import predict_and_score  # noqa: E402
 from sqltune.io import read_jsonl, write_json  # noqa: E402
 from sqltune.modeling import load_base_for_inference  # noqa: E402
 
@@ -38,8 +38,8 @@ def main() -> None:
 
     params = load_params(args.params)
     rows = read_jsonl(args.data)[: params.evaluate.limit]
-    model, tok = load_base_for_inference(params, args.base_cache)
-    summary, _ = predict_and_score(to_eval_dtype(model, params.evaluate.dtype), tok, rows, params)
+    model, tok = load_base_for_inference(params, args.base_cache, params.evaluate.dtype)
+    summary, _ = predict_and_score(model, tok, rows, params)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'}, {torch.get_num_threads()} threads)"
     write_json(args.out, {"model": params.model.name, "params": args.params, "data": args.data,
                           "value_case": params.evaluate.value_case, "device": device, "base": summary})

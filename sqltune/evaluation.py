@@ -15,21 +15,6 @@ from sqltune.scoring import score_rows
 from sqltune.sql import extract_sql
 
 
-def to_eval_dtype(model, dtype: str):
-    """evaluate.dtype. `auto` keeps the loader's choice on CUDA (the compute dtype, or 4-bit) and,
-    on a CPU with bf16 units, casts the fp32 weights to bf16, the dtype the model was trained to
-    compute in there (train.trainer.precision auto): generation is about 2.5x faster than in fp32
-    (bench/eval_throughput.py, docs/speed.md). Other CPUs keep fp32."""
-    import torch
-
-    if dtype != "auto":
-        return model.to(getattr(torch, dtype))
-    from sqltune.modeling import amp_dtype
-
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    return model.to(torch.bfloat16) if on_cpu and amp_dtype("auto") == torch.bfloat16 else model
-
-
 def _score(rows: list[dict], preds: list[str], params: Params, name: str | None) -> tuple[dict, list[dict]]:
     e = params.evaluate
     return score_rows(rows, preds, n_databases=e.n_databases, seed=params.seed, timeout_s=e.query_timeout_s,
@@ -86,8 +71,7 @@ def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, bas
     rows = read_jsonl(test_file)[: params.evaluate.limit]
     adapter, results = is_adapter(adapter_dir), {}
     if adapter or params.evaluate.score_base:  # a full fine-tune alone needs no base weights
-        model, tok = load_base_for_inference(params, base_cache)
-        model = to_eval_dtype(model, params.evaluate.dtype)
+        model, tok = load_base_for_inference(params, base_cache, params.evaluate.dtype)
     if params.evaluate.score_base:
         results["base"] = predict_and_score(model, tok, rows, params, "base")
     if adapter:
@@ -96,8 +80,7 @@ def evaluate(params: Params, test_file: str | Path, adapter_dir: str | Path, bas
         model = attach_adapter(model, adapter_dir)
     else:  # a full fine-tune: its own weights, in the dtype the merge stage ships them in too
         model = None  # the base's weights go before the fine-tune's load
-        model, tok = load_full_for_inference(params, adapter_dir)
-        model = to_eval_dtype(model, params.evaluate.dtype)
+        model, tok = load_full_for_inference(params, adapter_dir, params.evaluate.dtype)
     results["finetuned"] = predict_and_score(model, tok, rows, params, "finetuned")
     if params.evaluate.decoding != "greedy":
         results["finetuned_guided"] = guided_predict_and_score(model, tok, rows, params, "finetuned_guided")

@@ -131,17 +131,13 @@ def _base_of_full(folder: str | Path) -> str:
 
 def merge(params: Params, adapter_dir: str | Path, out_dir: str | Path, base_cache: str | Path,
           parity_file: str | Path) -> dict:
-    """Merge into bf16 (GPU) / fp32 (CPU) weights, never into 4-bit ones, and measure how often the
+    """Merge into merge.dtype weights (auto: the dtype evaluate scores in), never into 4-bit ones, and measure how often the
     merged model's greedy SQL equals the adapter-on-base SQL on the first prompts of
     ``parity_file``: the train rows, which a change to the test rows leaves alone, so that such a
     change does not rerun merge."""
-    import torch
-
     if not is_adapter(adapter_dir):
         return _ship_full(params, adapter_dir, out_dir)
-    base, tok = load_base_for_inference(params, base_cache)
-    if params.merge.dtype != "auto":
-        base = base.to(getattr(torch, params.merge.dtype))
+    base, tok = load_base_for_inference(params, base_cache, params.merge.dtype)
     peft_model = attach_adapter(base, adapter_dir, merge=False)
     prompts = [r["prompt"] for r in read_jsonl(parity_file)[: params.merge.parity_samples]]
     gen = EvaluateParams(max_new_tokens=PARITY_MAX_NEW_TOKENS)
@@ -158,12 +154,8 @@ def merge(params: Params, adapter_dir: str | Path, out_dir: str | Path, base_cac
 def _ship_full(params: Params, folder: str | Path, out_dir: str | Path) -> dict:
     """A full fine-tune has nothing to merge: its weights go out in the merge dtype, as evaluate
     scored them, and there is no adapter to compare with (parity null)."""
-    import torch
-
     base_model = _base_of_full(folder)
-    model, tok = load_full_for_inference(params, folder)
-    if params.merge.dtype != "auto":
-        model = model.to(getattr(torch, params.merge.dtype))
+    model, tok = load_full_for_inference(params, folder, params.merge.dtype)
     _save(params, model, tok, base_model, out_dir)
     return {"parity": None, "parity_samples": 0, "dtype": str(model.dtype).removeprefix("torch.")}
 

@@ -204,9 +204,20 @@ def quantization_config(q: QuantizationParams | None):
     )
 
 
+def inference_dtype(setting: str = "auto"):
+    """The dtype of the weights that evaluate scores (evaluate.dtype) and merge ships (merge.dtype).
+    auto: the dtype training computed in on this machine (bf16 on CUDA, fp16 on GPUs without bf16,
+    bf16 on a CPU with bf16 units, else fp32). One rule for both stages, so that with both settings
+    at auto the scores are those of the weights that ship."""
+    import torch
+
+    return amp_dtype("auto") if setting == "auto" else getattr(torch, setting)
+
+
 def load_model(model: ResolvedModel, p: ModelParams, quant: QuantizationParams | None = None,
-               precision: str = "auto", full: bool = False):
-    """The model's weights: 4-bit with ``quant``, fp32 master weights for a full fine-tune (``full``)."""
+               precision: str = "auto", full: bool = False, dtype=None):
+    """The model's weights: 4-bit with ``quant``, fp32 master weights for a full fine-tune (``full``),
+    or in ``dtype`` (a torch dtype) where one is given."""
     from transformers import AutoModelForCausalLM
 
     qconf = quantization_config(quant)
@@ -214,7 +225,7 @@ def load_model(model: ResolvedModel, p: ModelParams, quant: QuantizationParams |
         return AutoModelForCausalLM.from_pretrained(
             model.path,
             revision=p.revision,
-            dtype=weights_dtype(precision, full),
+            dtype=dtype or weights_dtype(precision, full),
             attn_implementation=pick_attn(p.attn_implementation),
             quantization_config=qconf,
             # 4-bit weights are placed at load time: on this process's own GPU under a multi-process launch
@@ -225,14 +236,14 @@ def load_model(model: ResolvedModel, p: ModelParams, quant: QuantizationParams |
         raise SqltuneError(_unreachable(model, exc)) from None
 
 
-def load_base_for_inference(params: Params, base_cache: str | Path):
-    """Base weights in the eval dtype (bf16 on GPU, fp32 on CPU), never 4-bit: merging the adapter
-    into full-precision weights gives the same model that the merge stage ships."""
+def load_base_for_inference(params: Params, base_cache: str | Path, dtype: str = "auto"):
+    """Base weights in ``dtype`` (evaluate.dtype or merge.dtype, see inference_dtype), never 4-bit:
+    evaluate merges the adapter into the same weights that the merge stage merges it into."""
     import torch
 
     resolved = resolve_model(params.model, base_cache)
     tok = load_tokenizer(resolved, params.model.revision)
-    model = load_model(resolved, inference_attn(params.model))
+    model = load_model(resolved, inference_attn(params.model), dtype=inference_dtype(dtype))
     if torch.cuda.is_available():
         model.to("cuda")
     return model, tok
@@ -243,8 +254,8 @@ def is_adapter(folder: str | Path) -> bool:
     return (Path(folder) / "adapter_config.json").is_file()
 
 
-def load_full_for_inference(params: Params, folder: str | Path):
-    """A full fine-tune's weights (the train stage's folder) in the eval dtype, on the GPU if any,
+def load_full_for_inference(params: Params, folder: str | Path, dtype: str = "auto"):
+    """A full fine-tune's weights (the train stage's folder) in ``dtype`` (as load_base_for_inference), on the GPU if any,
     and the tokenizer train saved beside them: what load_base_for_inference is for a LoRA run,
     with the training already in it."""
     import torch
@@ -255,7 +266,7 @@ def load_full_for_inference(params: Params, folder: str | Path):
     local = params.model.model_copy(update={"revision": None})  # a revision names hub commits, not this folder
     trained = ResolvedModel(str(folder), "local", str(folder))
     try:
-        model = load_model(trained, inference_attn(local))
+        model = load_model(trained, inference_attn(local), dtype=inference_dtype(dtype))
     except SqltuneError as exc:
         raise SqltuneError(f"{folder} does not load as a model ({str(exc).split(': ', 1)[-1].split('. ')[0]}); "
                            "run `dvc repro -f train`") from None

@@ -88,16 +88,19 @@ def test_merged_in_memory_equals_the_unmerged_adapter(tiny):
 
 
 @pytest.mark.parametrize("bf16_units", [True, False])
-def test_eval_dtype_auto_is_bf16_on_a_cpu_with_bf16_units_else_fp32(tiny_model_dir, monkeypatch, bf16_units):
-    from transformers import AutoModelForCausalLM
-
+def test_inference_dtype_auto_is_bf16_on_a_cpu_with_bf16_units_else_fp32(tiny_model_dir, monkeypatch, bf16_units):
+    """evaluate.dtype and merge.dtype go through one rule in the loaders: at auto, evaluate scores the
+    weights that merge ships, in the dtype training computed in (bf16 on a CPU with bf16 units)."""
     from sqltune import modeling
-    from sqltune.evaluation import to_eval_dtype
+    from sqltune.config import parse_params
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: bf16_units)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert modeling.amp_dtype("auto") == (torch.bfloat16 if bf16_units else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    dtypes = {p.dtype for p in to_eval_dtype(model, "auto").parameters()}
-    assert dtypes == {torch.bfloat16 if bf16_units else torch.float32}
-    assert {p.dtype for p in to_eval_dtype(model, "float32").parameters()} == {torch.float32}  # a set dtype wins
+    want = torch.bfloat16 if bf16_units else torch.float32
+    assert modeling.amp_dtype("auto") == want
+    params = parse_params({"model": {"name": str(tiny_model_dir), "source": "local"}})
+    base, _ = modeling.load_base_for_inference(params, tiny_model_dir / "cache", params.evaluate.dtype)
+    full, _ = modeling.load_full_for_inference(params, tiny_model_dir, params.merge.dtype)
+    assert {p.dtype for p in base.parameters()} == {p.dtype for p in full.parameters()} == {want}
+    fp32, _ = modeling.load_base_for_inference(params, tiny_model_dir / "cache", "float32")
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}  # a set dtype wins

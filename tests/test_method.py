@@ -65,14 +65,14 @@ def test_evaluate_scores_the_trained_weights(project):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sqltune.config import load_params
-    from sqltune.evaluation import to_eval_dtype
     from sqltune.generation import generate
     from sqltune.io import read_jsonl
+    from sqltune.modeling import inference_dtype
 
     params = load_params(project / "params.yaml")
     rows = read_jsonl(project / "data/prepared/test.jsonl")
-    model = AutoModelForCausalLM.from_pretrained(project / "models/adapter", dtype=torch.float32)
-    model = to_eval_dtype(model, params.evaluate.dtype)  # in the dtype evaluate generates in
+    dtype = inference_dtype(params.evaluate.dtype)  # the dtype evaluate generates in
+    model = AutoModelForCausalLM.from_pretrained(project / "models/adapter", dtype=dtype)
     tok = AutoTokenizer.from_pretrained(project / "models/adapter")
     expected = generate(model, tok, [r["prompt"] for r in rows], params.evaluate)
     preds = [r for r in read_jsonl(project / "metrics/predictions.jsonl") if r["model"] == "finetuned"]
