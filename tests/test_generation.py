@@ -91,6 +91,9 @@ def test_merged_in_memory_equals_the_unmerged_adapter(tiny):
 def test_inference_dtype_auto_is_bf16_on_a_cpu_with_bf16_units_else_fp32(tiny_model_dir, monkeypatch, bf16_units):
     """evaluate.dtype and merge.dtype go through one rule in the loaders: at auto, evaluate scores the
     weights that merge ships, in the dtype training computed in (bf16 on a CPU with bf16 units)."""
+    import yaml
+    from pathlib import Path
+
     from sqltune import modeling
     from sqltune.config import parse_params
 
@@ -98,7 +101,9 @@ def test_inference_dtype_auto_is_bf16_on_a_cpu_with_bf16_units_else_fp32(tiny_mo
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     want = torch.bfloat16 if bf16_units else torch.float32
     assert modeling.amp_dtype("auto") == want
-    params = parse_params({"model": {"name": str(tiny_model_dir), "source": "local"}})
+    data = yaml.safe_load(open(Path(__file__).parents[1] / "params.yaml"))
+    data["model"].update(name=str(tiny_model_dir), source="local")
+    params = parse_params(data)
     base, _ = modeling.load_base_for_inference(params, tiny_model_dir / "cache", params.evaluate.dtype)
     full, _ = modeling.load_full_for_inference(params, tiny_model_dir, params.merge.dtype)
     assert {p.dtype for p in base.parameters()} == {p.dtype for p in full.parameters()} == {want}

@@ -2,6 +2,7 @@
 recorded numbers are the ones the README reports."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -245,4 +246,5 @@ def test_geoquery_result_table_matches_its_records():
     ask = json.loads((ROOT / "bench/results/ask_guided-geoquery.json").read_text())
     assert ask["split"] == "test" and ask["n"] == 20 and not any("question" in a for a in ask["greedy"]["answers"])
     text = "\n".join(doc)
-    assert f"{ask['greedy']['right']} of 20" in text and f"{ask['guided']['right']} of 20" in text
+    for mode in ("greedy", "guided"):  # a whole count: "4 of 20" must not pass inside "14 of 20"
+        assert re.search(rf"\b{mode}\b[^.]*?(?<!\d){ask[mode]['right']} of 20", text.replace("execution-guided", "guided")), mode

@@ -360,6 +360,7 @@ def test_lm_head_projects_only_labelled_positions_on_cpu_with_the_same_loss_and_
 
     from sqltune.training import head_on_labelled_positions
 
+    monkeypatch.setattr(tu, "_use_triton", tu._use_triton)  # whatever was there before comes back afterwards
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = chat_rows([f"how many rows are in table t{i} where the id is over {i}" for i in range(6)],
                      [f"SELECT COUNT(*) FROM t{i} WHERE id > {i}" for i in range(6)])
@@ -389,10 +390,7 @@ def test_lm_head_projects_only_labelled_positions_on_cpu_with_the_same_loss_and_
         metrics = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
         return loss.detach(), metrics, [p.grad.clone() for p in trainable]
 
-    try:
-        dense, compact = run(False), run(True)
-    finally:
-        head_on_labelled_positions(True)
+    dense, compact = run(False), run(True)
     labelled = int((batch["labels"][:, 1:] != -100).sum())
     positions = batch["input_ids"][:, 1:].numel()
     assert projected == [positions, labelled] and labelled < positions / 2
