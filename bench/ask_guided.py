@@ -8,12 +8,16 @@ Usage (GeoQuery's test split against its geography database, after `dvc repro` o
 presets/gpu-smollm2-geoquery.yaml):
   python bench/ask_guided.py --model models/merged --questions data/raw/geography.jsonl --split test \\
       --db data/databases/geography.sqlite --n 20 --out bench/results/ask_guided-geoquery.json
+The result carries the machine, date, commit and command; --record names the pipeline record of the
+model (its run in metrics/runs/), --code the commit where the tree is no git checkout.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import datetime
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +43,8 @@ def main() -> None:
     ap.add_argument("--selection", default="first", choices=["first", "vote"])
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--timeout", type=float, default=2.0)
+    ap.add_argument("--record", default=None, help="the pipeline record the model comes from, stated in the result")
+    ap.add_argument("--code", default=None, help="the code's commit, where the tree is no git checkout of it")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -62,12 +68,28 @@ def main() -> None:
         results[name] = {"right": summary["n_correct"], "of": len(rows), "execution_accuracy": summary["execution_accuracy"],
                          "answers": [{"question": r["question"], "sql": p, "right": bool(v["execution_match"])}
                                      for r, p, v in zip(rows, preds, per_row)]}
-    write_json(args.out, {"model": args.model, "questions": args.questions, "split": args.split, "db": str(db),
+    model_name = args.model if args.record is None else f"{args.model} of {args.record}"
+    write_json(args.out, {**run_card(args), "model": model_name, "questions": args.questions, "split": args.split, "db": str(db),
                           "n": len(rows), "decoding": {"mode": args.decoding, "candidates": args.candidates,
                                                        "selection": args.selection}, **results})
     print(f"greedy: {results['greedy']['right']} of {len(rows)} right; "
           f"execution-guided ({args.candidates} {args.decoding} candidates, {args.selection}): "
           f"{results['guided']['right']} of {len(rows)} right")
+
+
+def run_card(args) -> dict:
+    """What a reader needs to reproduce the result: the machine, the date, the code and the command."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        card = f"{props.name} ({props.total_memory // 2**20} MiB)"
+    else:
+        card = f"CPU, {torch.get_num_threads()} threads"
+    code = args.code or subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                       capture_output=True, text=True).stdout.strip() or None
+    return {"card": card, "date": datetime.date.today().isoformat(), "code": code,
+            "command": shlex.join(["python", "bench/ask_guided.py", *sys.argv[1:]])}
 
 
 if __name__ == "__main__":

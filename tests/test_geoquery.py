@@ -99,6 +99,9 @@ def test_ask_bench_counts_right_answers_on_the_real_database(geo, tmp_path, monk
     result = json.loads(out.read_text())
     assert (result["greedy"]["right"], result["guided"]["right"], result["n"]) == (3, 6, 6)
     assert [a["right"] for a in result["greedy"]["answers"]] == [True, False] * 3
+    # the result says how to reproduce it: machine, date, code and the command as it ran
+    assert result["card"] and result["date"] and result["code"]
+    assert result["command"].startswith("python bench/ask_guided.py ") and "--split test --db" in result["command"]
 
 
 def test_ask_bench_runs_a_model_through_ask(geo, tmp_path, tokenizer_dir):
