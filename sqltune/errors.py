@@ -16,6 +16,15 @@ class SqltuneError(Exception):
     """An expected, user-fixable problem. The message names the problem and the fix."""
 
 
+def print_error(message: str) -> None:
+    """``error: message`` on a line of its own on stderr: a progress bar this process is drawing
+    (training steps, generation) has no newline yet, and the message must not land at its end."""
+    from tqdm import tqdm
+
+    tqdm.write(f"error: {message}", file=sys.stderr)
+    sys.stderr.flush()
+
+
 def run_main(main: Callable[[], int | None], log: str | None = None) -> None:
     """``log``: a stage name; the console output is also written to ``logs/<log>.log``."""
     from contextlib import nullcontext
@@ -26,7 +35,7 @@ def run_main(main: Callable[[], int | None], log: str | None = None) -> None:
         try:
             code = main()
         except SqltuneError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print_error(str(exc))
             code = 2
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -35,10 +44,10 @@ def run_main(main: Callable[[], int | None], log: str | None = None) -> None:
             if not _out_of_gpu_memory(exc):
                 raise
             first = (str(exc).strip().splitlines() or ["CUDA out of memory"])[0]
-            print(f"error: out of GPU memory ({first[:200]}). Free the GPU of other processes, or lower what one "
-                  "step holds: in training train.trainer.per_device_batch_size or max_length, or turn on "
-                  "gradient_checkpointing (a full fine-tune also needs several times LoRA's memory); in "
-                  "evaluation evaluate.batch_tokens or max_batch_size", file=sys.stderr)
+            print_error(f"out of GPU memory ({first[:200]}). Free the GPU of other processes, or lower what one "
+                        "step holds: in training train.trainer.per_device_batch_size or max_length, or turn on "
+                        "gradient_checkpointing (a full fine-tune also needs several times LoRA's memory); in "
+                        "evaluation evaluate.batch_tokens or max_batch_size")
             code = 2
     sys.exit(code or 0)
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqltune.config import LauncherParams, TrainParams, load_params
-from sqltune.errors import SqltuneError
+from sqltune.errors import SqltuneError, print_error
 
 # Seconds the launcher waits, after forwarding Ctrl-C, for the workers to save and exit (then SIGKILL).
 SHUTDOWN_TIMEOUT_S = 900
@@ -447,7 +447,7 @@ class PeerWatch:
                 silence = {0: time.monotonic() - unreachable_since}
             lost = [n for n, s in silence.items() if n != self.node and s >= self.timeout_s]
             if lost and not self._stop.is_set():
-                print(f"error: {self.lost_message(lost)}", file=sys.stderr, flush=True)
+                print_error(self.lost_message(lost))
                 os._exit(2)
 
     def lost(self) -> list[int]:

@@ -144,6 +144,27 @@ def test_hf_token_never_reaches_a_file_or_log(tmp_path, tiny_model_dir):
             assert secret.encode() not in f.read_bytes(), f
 
 
+def test_an_error_during_a_progress_bar_starts_its_own_line(capsys):
+    """A bar mid-line (a training step, no newline yet) does not swallow the error's start: the
+    error is a line of its own beginning with `error:`, as when several machines lose one."""
+    import sys
+
+    from tqdm import tqdm
+
+    from sqltune.errors import SqltuneError, run_main
+
+    def step():
+        bar = tqdm(total=38, file=sys.stderr)
+        bar.update(5)
+        raise SqltuneError("lost machine 1 of 2 during training")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_main(step)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "5/38" in err
+    assert [line for line in err.splitlines() if "error" in line] == ["error: lost machine 1 of 2 during training"]
+
+
 def test_out_of_gpu_memory_is_one_error_line_naming_the_settings(capsys):
     """A batch too large for the card is a setting to change, not a bug: one `error:` line, exit 2."""
     import torch
