@@ -23,6 +23,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from train_throughput import card_name  # noqa: E402
 
 from sqltune import ask  # noqa: E402
 from sqltune.data import rows_of_split  # noqa: E402
@@ -79,16 +82,9 @@ def main() -> None:
 
 def run_card(args) -> dict:
     """What a reader needs to reproduce the result: the machine, the date, the code and the command."""
-    import torch
-
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        card = f"{props.name} ({props.total_memory // 2**20} MiB)"
-    else:
-        card = f"CPU, {torch.get_num_threads()} threads"
     code = args.code or subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                        capture_output=True, text=True).stdout.strip() or None
-    return {"card": card, "date": datetime.date.today().isoformat(), "code": code,
+    return {"card": card_name(), "date": datetime.date.today().isoformat(), "code": code,
             "command": shlex.join(["python", "bench/ask_guided.py", *sys.argv[1:]])}
 
 
