@@ -167,7 +167,7 @@ def run_setup(name, params, model_dir, tok, rows, steps, warmup, extra=None, pro
         torch.cuda.reset_peak_memory_stats()
     tp = params.train.trainer
     model = load_model(ResolvedModel(str(model_dir), "local"), params.model, params.train.quantized, tp.precision,
-                       full=not params.train.peft)
+                       full=not params.train.peft, packed=tp.packing)
     if (extra or {}).get("kbit_prepare"):
         from peft import prepare_model_for_kbit_training
 

@@ -195,8 +195,10 @@ class ModelParams(_Strict):
     source: Literal["auto", "embedded", "local", "hub"] = "auto"
     revision: Optional[str] = None
     # flex_attention: PyTorch's compiled block-sparse attention; packed samples then cost only
-    # their own blocks, without the flash_attn package.
-    attn_implementation: Literal["auto", "flash_attention_2", "flex_attention", "sdpa", "eager"] = "auto"
+    # their own blocks, without the flash_attn package. sdpa_packed: SDPA on each packed sample by
+    # itself, the same skip without compiling (what auto picks for packed training off CUDA).
+    attn_implementation: Literal["auto", "flash_attention_2", "flex_attention", "sdpa", "sdpa_packed",
+                                 "eager"] = "auto"
 
 
 class MixParams(_Strict):

@@ -137,20 +137,62 @@ def _unreachable(model: ResolvedModel, exc: Exception) -> str:
     )
 
 
-def pick_attn(requested: str) -> str:
+def pick_attn(requested: str, packed: bool = False) -> str:
+    """The attention ``auto`` stands for: FA2 where it imports; off CUDA, for packed training, SDPA
+    on each packed sample alone (``sdpa_packed``), since the CPU kernel under the block-diagonal mask
+    of a packed row pays for every pair of positions, the masked ones too; else SDPA."""
     import torch
 
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    attn = requested
+    if requested == "auto":
+        if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+            attn = "flash_attention_2"
+        else:
+            attn = "sdpa_packed" if packed and not torch.cuda.is_available() else "sdpa"
+    if attn == "sdpa_packed":
+        register_sdpa_packed()
+    return attn
+
+
+def sample_bounds(position_ids) -> list[int] | None:
+    """Where the samples of one packed row start and end (position ids restart at 0 for each), or
+    None where the row holds one sample or the ids do not describe packing."""
+    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[0] != 1:
+        return None
+    starts = (position_ids[0] == 0).nonzero().flatten().tolist()
+    if len(starts) < 2 or starts[0] != 0:
+        return None
+    return starts + [position_ids.shape[1]]
+
+
+def sdpa_packed_forward(module, query, key, value, attention_mask, **kwargs):
+    """SDPA run on each sample of a packed row by itself, causal, with no mask: the same output
+    as SDPA under the block-diagonal mask, without computing the blocks between samples. Anything
+    else (a padded batch, decoding with a cache) goes to SDPA as it is."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = sample_bounds(kwargs.pop("position_ids", None))
+    if bounds is None or query.shape[2] != key.shape[2] or query.shape[2] != bounds[-1]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    kwargs["is_causal"] = True
+    outs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, **kwargs)[0]
+            for a, b in zip(bounds, bounds[1:])]
+    return torch.cat(outs, dim=1), None
+
+
+def register_sdpa_packed() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register("sdpa_packed", sdpa_packed_forward)
+    AttentionMaskInterface.register("sdpa_packed", sdpa_mask)  # the fallback's mask is SDPA's own
 
 
 def inference_attn(p: ModelParams) -> ModelParams:
-    """flex_attention pays off in packed training, where it skips the blocks between samples;
-    decoding has no such blocks, so generation uses SDPA, the path the evaluation is measured on."""
-    if p.attn_implementation != "flex_attention":
+    """flex_attention and sdpa_packed pay off in packed training, where they skip the blocks between
+    samples; decoding has no such blocks, so generation uses SDPA, the path the evaluation is measured on."""
+    if p.attn_implementation not in ("flex_attention", "sdpa_packed"):
         return p
     return p.model_copy(update={"attn_implementation": "sdpa"})
 
@@ -215,9 +257,9 @@ def inference_dtype(setting: str = "auto"):
 
 
 def load_model(model: ResolvedModel, p: ModelParams, quant: QuantizationParams | None = None,
-               precision: str = "auto", full: bool = False, dtype=None):
+               precision: str = "auto", full: bool = False, dtype=None, packed: bool = False):
     """The model's weights: 4-bit with ``quant``, fp32 master weights for a full fine-tune (``full``),
-    or in ``dtype`` (a torch dtype) where one is given."""
+    or in ``dtype`` (a torch dtype) where one is given; ``packed``: it trains on packed rows."""
     from transformers import AutoModelForCausalLM
 
     qconf = quantization_config(quant)
@@ -226,7 +268,7 @@ def load_model(model: ResolvedModel, p: ModelParams, quant: QuantizationParams |
             model.path,
             revision=p.revision,
             dtype=dtype or weights_dtype(precision, full),
-            attn_implementation=pick_attn(p.attn_implementation),
+            attn_implementation=pick_attn(p.attn_implementation, packed),
             quantization_config=qconf,
             # 4-bit weights are placed at load time: on this process's own GPU under a multi-process launch
             # (LOCAL_RANK, from torchrun); FSDP shards them from there.

@@ -435,7 +435,8 @@ def _train(procs, params: Params, train_file, adapter_dir, ckpt_dir, live_dir, b
     with procs.main_process_first():  # an embedded model is converted once, by the main process
         resolved = resolve_model(params.model, base_cache)
     tok = load_tokenizer(resolved, params.model.revision)
-    model = load_model(resolved, params.model, params.train.quantized, tp.precision, full=not params.train.peft)
+    model = load_model(resolved, params.model, params.train.quantized, tp.precision, full=not params.train.peft,
+                       packed=tp.packing)
     rows = read_jsonl(train_file)
     dataset = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 

@@ -399,3 +399,74 @@ def test_lm_head_projects_only_labelled_positions_on_cpu_with_the_same_loss_and_
     assert all(abs(dense[1][k] - compact[1][k]) < 1e-5 for k in dense[1])
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(dense[2], compact[2]))
     assert any(g.abs().sum() > 0 for g in compact[2])
+
+
+def test_sdpa_packed_equals_each_sample_alone_and_the_dense_mask_in_loss_and_gradients(tiny_model_dir):
+    """sdpa_packed runs SDPA on each sample of a packed row by itself: the logits equal each sample
+    run alone, and loss and every gradient equal SDPA under transformers' block-diagonal mask."""
+    from transformers import AutoModelForCausalLM
+
+    from sqltune.modeling import pick_attn
+
+    assert pick_attn("sdpa_packed") == "sdpa_packed"  # registers it with transformers
+    torch.manual_seed(0)
+    lens = (7, 19, 12)
+    ids = torch.randint(3, 49000, (1, sum(lens)))
+    pos = torch.cat([torch.arange(n) for n in lens])[None]
+    models = {}
+    for attn in ("sdpa", "sdpa_packed"):
+        m = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attn)
+        for p in m.parameters():  # a tiny random model's weights are small: make attention matter
+            torch.nn.init.normal_(p, std=0.2)
+        models[attn] = m
+    models["sdpa_packed"].load_state_dict(models["sdpa"].state_dict())
+    outs = {}
+    for attn, m in models.items():
+        out = m(input_ids=ids, position_ids=pos, labels=ids, use_cache=False)
+        out.loss.backward()
+        outs[attn] = (out.logits.detach(), out.loss.detach(), [p.grad.clone() for p in m.parameters()])
+    m = models["sdpa"]
+    with torch.no_grad():
+        starts = [0, lens[0], lens[0] + lens[1]]
+        alone = torch.cat([m(input_ids=ids[:, a:a + n]).logits for a, n in zip(starts, lens)], dim=1)
+        leaky = m(input_ids=ids, use_cache=False).logits  # no boundaries: the samples see each other
+    packed, dense = outs["sdpa_packed"], outs["sdpa"]
+    assert torch.allclose(packed[0], alone, atol=1e-4)
+    assert not torch.allclose(leaky, alone, atol=1e-2)  # the comparison has teeth
+    assert torch.allclose(packed[1], dense[1], rtol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(packed[2], dense[2]))
+
+
+def test_sdpa_packed_leaves_padded_batches_and_decoding_to_sdpa(tiny_model_dir):
+    """Without packed position ids (a padded batch, generation with a KV cache) sdpa_packed is SDPA."""
+    from transformers import AutoModelForCausalLM
+
+    from sqltune.modeling import pick_attn
+
+    pick_attn("sdpa_packed")
+    torch.manual_seed(0)
+    a = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    b = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32,
+                                             attn_implementation="sdpa_packed").eval()
+    b.load_state_dict(a.state_dict())
+    ids = torch.randint(3, 49000, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding
+    with torch.no_grad():
+        assert torch.allclose(a(input_ids=ids, attention_mask=mask).logits,
+                              b(input_ids=ids, attention_mask=mask).logits, atol=1e-5)
+        ga = a.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        gb = b.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(ga, gb)
+
+
+def test_auto_attention_is_per_sample_for_packed_training_off_cuda_and_sdpa_for_inference(monkeypatch):
+    from sqltune.config import ModelParams
+    from sqltune.modeling import inference_attn, pick_attn
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_attn("auto", packed=True) == "sdpa_packed"
+    assert pick_attn("auto", packed=False) == "sdpa"
+    assert pick_attn("sdpa", packed=True) == "sdpa"  # an explicit choice stands
+    p = ModelParams(name="m", attn_implementation="sdpa_packed")
+    assert inference_attn(p).attn_implementation == "sdpa"
