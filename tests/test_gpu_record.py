@@ -103,7 +103,7 @@ def test_tuning_table_matches_the_experiment_records():
         assert yaml.safe_load((rec / "params.yaml").read_text())["prepare"]["test_offset"] == 1000
         row = next(line for line in readme if line.startswith(f"| {rec.name} |"))
         cells = [c.strip("* ") for c in row.split("|")]
-        if (rec / "metrics").is_dir():
+        if (rec / "metrics/eval/metrics.json").is_file():
             ev = json.loads((rec / "metrics/eval/metrics.json").read_text())["finetuned"]
             runtime = json.loads((rec / "metrics/train/metrics.json").read_text())["train"]["runtime"]
             assert f"{runtime:.1f} s" in cells, row
@@ -189,14 +189,18 @@ def test_geoquery_tuning_table_matches_its_records():
         assert yaml.safe_load((rec / "params.yaml").read_text())["prepare"]["test_split"] == "dev"
         row = next(line for line in doc if line.startswith(f"| {rec.name} |"))
         cells = [c.strip() for c in row.split("|")]
-        if (rec / "metrics").is_dir():
+        if (rec / "metrics/eval/metrics.json").is_file():
             ev = json.loads((rec / "metrics/eval/metrics.json").read_text())["finetuned"]
             runtime = json.loads((rec / "metrics/train/metrics.json").read_text())["train"]["runtime"]
             rows = [json.loads(line) for line in (rec / "metrics/predictions.jsonl").read_text().splitlines()]
             assert not any({"question", "gold"} & set(r) for r in rows)  # ../shared's rows stay out of git
             assert f"{ev['execution_accuracy']:.3f}" in cells and f"{ev['exact_match']:.3f}" in cells, row
             assert ev["n"] == 48, row
-        else:  # only the stage logs came back: the scores the evaluate stage logged
+        else:  # the stage logs (and per-row verdicts) were kept: the scores the evaluate stage logged
+            preds = rec / "metrics/predictions.jsonl"
+            if preds.is_file():
+                rows = [json.loads(line) for line in preds.read_text().splitlines()]
+                assert not any({"question", "gold"} & set(r) for r in rows)
             line = next(x for x in (rec / "logs/evaluate.log").read_text().splitlines() if "evaluate: finetuned" in x)
             assert "n=48" in line, line
             ex, acc = line.split("exact_match")[1].split()[0], line.split("execution_accuracy")[1].split()[0]
@@ -208,9 +212,10 @@ def test_geoquery_tuning_table_matches_its_records():
 
 
 def test_geoquery_result_table_matches_its_records():
-    """The GeoQuery test-split table in docs/gpu.md shows its records' scores: the preset, the base
-    and the WikiSQL preset on the same 277 test rows of the real database, the preset's model on
-    WikiSQL dev 0-999 with the same trained model, and the ask count from its bench result."""
+    """The GeoQuery test-split table in docs/gpu.md shows its records' scores: the preset (greedy and
+    execution-guided), the preset at x 24, the base and the WikiSQL preset on the same 277 test rows
+    of the real database, each preset's params on WikiSQL dev 0-999, and the ask counts from the
+    bench result of the preset's model."""
     doc = (ROOT / "docs/gpu.md").read_text().splitlines()
     runs = ROOT / "metrics/runs/gpu-geoquery"
 
@@ -221,30 +226,47 @@ def test_geoquery_result_table_matches_its_records():
     def cells(start):
         return [c.strip().strip("*") for c in next(x for x in doc if x.startswith(start)).split("|")]
 
-    test, *geo = scores("test")
-    wiki, *on_wiki = scores("test-on-wikisql-dev")
+    test, *geo = scores("test-r48")
+    guided, *geo_guided = scores("test-r48", "finetuned_guided")
+    wiki, *on_wiki = scores("r48-on-wikisql-dev")
+    old, *geo_old = scores("test")
+    old_wiki, *on_wiki_old = scores("test-on-wikisql-dev")
     base, *geo_base = scores("test", "base")
     other, *other_geo = scores("wikisql-preset-on-test")
-    assert test["n"] == base["n"] == other["n"] == 277 and wiki["n"] == 1000
+    assert test["n"] == base["n"] == other["n"] == old["n"] == 277 and wiki["n"] == old_wiki["n"] == 1000
     assert cells("| **this preset**")[2:6] == geo + on_wiki
+    assert cells("| this preset, execution-guided")[2:4] == geo_guided
+    assert cells("| the preset at × 24")[2:6] == geo_old + on_wiki_old
     assert cells("| base SmolLM2")[2:4] == geo_base
     assert cells("| the WikiSQL preset")[2:4] == other_geo
     full = json.loads((ROOT / "metrics/runs/gpu-smollm2-wikisql-full/metrics/eval/metrics.json").read_text())
     assert cells("| the WikiSQL preset")[4:6] == [f"{full['finetuned'][k]:.3f}" for k in ("execution_accuracy", "exact_match")]
-    for name in ("test", "test-on-wikisql-dev", "wikisql-preset-on-test"):
+    preset = yaml.safe_load((ROOT / "presets/gpu-smollm2-geoquery.yaml").read_text())
+    info = json.loads((runs / "test-r48/run-info.json").read_text())
+    assert set(info["overrides"]) == {"evaluate.score_base=false", "evaluate.decoding=beam"}  # the preset as it is
+    for name in ("test", "test-on-wikisql-dev", "wikisql-preset-on-test", "test-r48"):
         p = yaml.safe_load((runs / name / "params.yaml").read_text())["prepare"]
         lock = yaml.safe_load((runs / name / "dvc.lock").read_text())["stages"]
         assert lock["prepare"]["params"]["params.yaml"]["prepare"] == p  # the lock is that run's
         if name != "test-on-wikisql-dev":
             assert p["test_dataset"].endswith("geography.jsonl") and p["test_split"] == "test"
+    assert yaml.safe_load((runs / "test-r48/params.yaml").read_text())["prepare"] == preset["prepare"]
+    for name in ("test", "test-on-wikisql-dev", "wikisql-preset-on-test", "test-r48", "r48-on-wikisql-dev"):
         preds = [json.loads(x) for x in (runs / name / "metrics/predictions.jsonl").read_text().splitlines()]
         assert not any({"question", "gold"} & set(r) for r in preds)
-    # the same trained model: the train stage's output hash is the test run's
-    outs = [yaml.safe_load((runs / n / "dvc.lock").read_text())["stages"]["train"]["outs"]
-            for n in ("test", "test-on-wikisql-dev")]
-    assert outs[0] == outs[1]
+    # x 24: one trained model for both columns (the train stage's output hash is the same);
+    # x 48: two trainings of the same train params and train rows
+    locks = {n: yaml.safe_load((runs / n / "dvc.lock").read_text())["stages"]["train"]
+             for n in ("test", "test-on-wikisql-dev", "test-r48", "r48-on-wikisql-dev")}
+    assert locks["test"]["outs"] == locks["test-on-wikisql-dev"]["outs"]
+    assert locks["test-r48"]["params"] == locks["r48-on-wikisql-dev"]["params"]
+    assert [d for d in locks["test-r48"]["deps"] if d["path"].startswith("data/")] == \
+        [d for d in locks["r48-on-wikisql-dev"]["deps"] if d["path"].startswith("data/")]
+    wiki_p = yaml.safe_load((runs / "r48-on-wikisql-dev/params.yaml").read_text())
+    assert wiki_p["prepare"]["mix"] == preset["prepare"]["mix"] and wiki_p["train"] == preset["train"]
     ask = json.loads((ROOT / "bench/results/ask_guided-geoquery.json").read_text())
     assert ask["split"] == "test" and ask["n"] == 20 and not any("question" in a for a in ask["greedy"]["answers"])
+    assert ask["model"].endswith("gpu-geoquery/test-r48")
     text = "\n".join(doc)
     for mode in ("greedy", "guided"):  # a whole count: "4 of 20" must not pass inside "14 of 20"
         assert re.search(rf"\b{mode}\b[^.]*?(?<!\d){ask[mode]['right']} of 20", text.replace("execution-guided", "guided")), mode
