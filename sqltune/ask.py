@@ -56,13 +56,17 @@ def check_prompt_fits(model, tok, system_prompt: str, schema: str, question: str
                            "tables the question needs with --tables t1,t2 (or lower --max-new-tokens)")
 
 
-def predict_sql(model, tok, system_prompt: str, schema: str, question: str, max_new_tokens: int = 128) -> str:
+def predict_sql(model, tok, system_prompt: str, schema: str, question: str, max_new_tokens: int = 128,
+                snap: bool = True) -> str:
+    """The greedy query; ``snap``: its copied values snapped to the question, as evaluate scores them."""
     from sqltune.config import EvaluateParams
     from sqltune.generation import generate
+    from sqltune.snap import snap_values
     from sqltune.sql import extract_sql
 
     prompt = chat_prompt(system_prompt, schema, question)
-    return extract_sql(generate(model, tok, [prompt], EvaluateParams(max_new_tokens=max_new_tokens))[0])
+    sql = extract_sql(generate(model, tok, [prompt], EvaluateParams(max_new_tokens=max_new_tokens))[0])
+    return snap_values(sql, question, schema)[0] if snap else sql
 
 
 def decoding_settings(max_new_tokens: int, decoding: str, candidates: int, temperature: float, selection: str):
@@ -76,14 +80,19 @@ def decoding_settings(max_new_tokens: int, decoding: str, candidates: int, tempe
                             temperature=temperature, selection=selection)
 
 
-def guided_sql(model, tok, system_prompt: str, schema: str, question: str, db: str | Path, e, timeout_s: float) -> dict:
+def guided_sql(model, tok, system_prompt: str, schema: str, question: str, db: str | Path, e, timeout_s: float,
+               snap: bool = True) -> dict:
     """Execution-guided decoding on the user's database: e.num_candidates beam or sampled queries,
     the failing and empty ones dropped, then e.selection's rule over the rest (sqltune.guided)."""
     from sqltune.generation import generate_candidates
     from sqltune.guided import select_on_database
+    from sqltune.snap import snap_values
+    from sqltune.sql import extract_sql
 
     prompt = chat_prompt(system_prompt, schema, question)
     [candidates] = generate_candidates(model, tok, [prompt], e, e.decoding)
+    if snap:
+        candidates = [snap_values(extract_sql(c), question, schema)[0] for c in candidates]
     return select_on_database(db, schema, candidates, timeout_s=timeout_s, rule=e.selection)
 
 

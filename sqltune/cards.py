@@ -139,7 +139,11 @@ def how_scored(params: Params, n: int) -> str:
         f"{f', split {p.test_split}' if p.test_split else ''}). "
         f"Exact match compares the answer with the gold query after sqlglot "
         f"normalizes both; execution accuracy runs both {where}{case} and counts the answer right only when "
-        "the results agree on every database, leaving out rows on which the gold query decides nothing.\n"
+        "the results agree on every database, leaving out rows on which the gold query decides nothing."
+        + (" Before scoring, a compared text value a letter or two off the question's words took those words "
+           "(`sqltune predict` and `sqltune ask` do the same; plain `generate` as above does not)."
+           if e.snap_values else "")
+        + "\n"
     )
 
 

@@ -117,6 +117,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("question", help="the question, in natural language")
     p.add_argument("--model", default="models/merged", help="merged model folder (default models/merged)")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--no-snap", dest="snap", action="store_false",
+                   help="print the model's query as written: no snapping of a misspelled copied value to "
+                        "the question's words (evaluate.snap_values)")
 
 
 def _add_predict_args(p: argparse.ArgumentParser) -> None:
@@ -130,7 +133,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     schema_tables(args.schema)  # a schema that is not DDL fails here, with its own message
     model, tok, prompt = load_model_dir(args.model)
-    print(predict_sql(model, tok, prompt, args.schema, args.question, args.max_new_tokens))
+    print(predict_sql(model, tok, prompt, args.schema, args.question, args.max_new_tokens, args.snap))
     return 0
 
 
@@ -166,10 +169,10 @@ def _run_ask(args: argparse.Namespace) -> int:
     model, tok, prompt = ask.load_model_dir(args.model)
     ask.check_prompt_fits(model, tok, prompt, schema, args.question, args.max_new_tokens)
     if e.decoding == "greedy":
-        sql = ask.predict_sql(model, tok, prompt, schema, args.question, args.max_new_tokens)
+        sql = ask.predict_sql(model, tok, prompt, schema, args.question, args.max_new_tokens, args.snap)
         print(f"SQL: {sql}")
     else:
-        chosen = ask.guided_sql(model, tok, prompt, schema, args.question, args.db, e, args.timeout)
+        chosen = ask.guided_sql(model, tok, prompt, schema, args.question, args.db, e, args.timeout, args.snap)
         sql = chosen["sql"]
         print(f"SQL: {sql}")
         print(f"  chosen from {chosen['candidates']} {e.decoding} candidates: {chosen['valid']} valid, "

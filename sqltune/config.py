@@ -449,6 +449,9 @@ class EvaluateParams(_Strict):
     # first: the best-ranked candidate that passes the checks and runs; vote: the largest group of
     # candidates with equal results (sqltune.guided explains both; docs/gpu.md compares them).
     selection: Literal["first", "vote"] = "first"
+    # A compared text value that the question lacks but nearly holds (a letter or two off) is
+    # replaced by the question's words before scoring, as predict and ask do (sqltune.snap says when).
+    snap_values: bool = True
 
     @model_validator(mode="after")
     def _value_case_synth_only(self):

@@ -12,7 +12,23 @@ from sqltune.guided import select_rows
 from sqltune.io import read_jsonl, require_inside
 from sqltune.modeling import attach_adapter, is_adapter, load_base_for_inference, load_full_for_inference
 from sqltune.scoring import score_rows
+from sqltune.snap import snap_values
 from sqltune.sql import extract_sql
+
+
+def _snapped(rows: list[dict], preds: list[str], params: Params) -> tuple[list[str], int]:
+    """The predictions with their copied values snapped to each row's question (evaluate.snap_values),
+    and how many values were snapped."""
+    if not params.evaluate.snap_values:
+        return preds, 0
+    out = [snap_values(extract_sql(p), r["question"], r.get("context")) for p, r in zip(preds, rows)]
+    return [sql for sql, _ in out], sum(n for _, n in out)
+
+
+def _snapped_candidates(rows: list[dict], cands: list[list[str]], params: Params) -> list[list[str]]:
+    if not params.evaluate.snap_values:
+        return cands
+    return [_snapped([r] * len(x), x, params)[0] for r, x in zip(rows, cands)]
 
 
 def _score(rows: list[dict], preds: list[str], params: Params, name: str | None) -> tuple[dict, list[dict]]:
@@ -28,7 +44,13 @@ def predict_and_score(model, tok, rows: list[dict], params: Params, name: str | 
     t0 = time.perf_counter()
     preds = generate(model, tok, [r["prompt"] for r in rows], e, desc=name and f"{name}: generating")
     gen_s = time.perf_counter() - t0
+    raw = [extract_sql(p) for p in preds]
+    preds, snapped = _snapped(rows, raw, params)
     summary, per_example = _score(rows, preds, params, name)
+    for row, before, after in zip(per_example, raw, preds):
+        if before != after:
+            row["unsnapped"] = before  # the model's own query, before its values were snapped
+    summary["snapped_values"] = snapped
     summary["scoring_seconds"] = round(time.perf_counter() - t0 - gen_s, 2)
     summary["generation_seconds"] = round(gen_s, 2)
     summary["samples_per_second"] = round(len(rows) / gen_s, 2) if gen_s > 0 else None
@@ -44,6 +66,7 @@ def guided_predict_and_score(model, tok, rows: list[dict], params: Params, name:
     cands = generate_candidates(model, tok, [r["prompt"] for r in rows], e, e.decoding, params.seed,
                                 desc=f"{name}: generating {e.num_candidates} candidates")
     t1 = time.perf_counter()
+    cands = _snapped_candidates(rows, cands, params)
     chosen = select_rows(rows, cands, seed=params.seed, timeout_s=e.query_timeout_s, db_dir=e.db_dir,
                          value_case=e.value_case, rule=e.selection, workers=e.score_workers,
                          desc=f"{name}: selecting")

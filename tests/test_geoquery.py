@@ -91,7 +91,7 @@ def test_ask_bench_counts_right_answers_on_the_real_database(geo, tmp_path, monk
     monkeypatch.setattr(ask, "load_model_dir", lambda d: (None, None, "{context}"))
     monkeypatch.setattr(ask, "check_prompt_fits", lambda *a: None)
     monkeypatch.setattr(ask, "predict_sql", greedy)
-    monkeypatch.setattr(ask, "guided_sql", lambda m, t, p, s, q, db, e, timeout: {"sql": gold[q]})
+    monkeypatch.setattr(ask, "guided_sql", lambda m, t, p, s, q, db, e, timeout, *_: {"sql": gold[q]})
     out = tmp_path / "r.json"
     monkeypatch.setattr(sys, "argv", ["ask_guided", "--questions", str(geo["rows"]), "--split", "test", "--db",
                                       str(geo["db"]), "--n", "6", "--out", str(out)])

@@ -439,7 +439,7 @@ def test_ask_schema_longer_than_the_context_says_what_to_do(tmp_path, tiny_model
     c.commit()
     c.close()
     calls = []
-    monkeypatch.setattr(ask, "predict_sql", lambda m, t, p, schema, q, n: calls.append(schema) or "SELECT name FROM people")
+    monkeypatch.setattr(ask, "predict_sql", lambda m, t, p, schema, q, n, *_: calls.append(schema) or "SELECT name FROM people")
     with pytest.raises(SystemExit) as exc:
         main(["ask", "--db", str(db), "--model", str(tiny_model_dir), "who is there?"])
     err = capsys.readouterr().err

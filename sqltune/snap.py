@@ -1,0 +1,99 @@
+"""Snap a query's text values to the question they were copied from.
+
+A small model that copies a name from the question into a WHERE clause often misspells it by a letter
+or two ("hubbert green" for the question's "Hubert Green"), and a misspelled value matches no row. In
+questions whose values are copied (WikiSQL, sql-create-context, GeoQuery), each text value of the gold
+query appears in the question. So a value that is compared in the query, that the question does not
+contain, and that is close to one run of the question's words (difflib's ratio at least ``threshold``)
+is replaced by that run, in the value's own letter case (all lower, all upper, or as the question
+writes it). A value the question holds, a value with no close run, numbers and identifiers stay as
+they are, so a query whose values are not copied from the question is left alone.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import sqlglot
+from sqlglot.errors import SqlglotError
+from sqlglot.tokens import TokenType
+
+from sqltune.errors import SqltuneError
+from sqltune.sql import DIALECT, schema_tables
+
+_COMPARISONS = frozenset({TokenType.EQ, TokenType.NEQ, TokenType.GT, TokenType.GTE, TokenType.LT,
+                          TokenType.LTE, TokenType.LIKE, TokenType.ILIKE, TokenType.GLOB})
+_EDGE = "?.,!;:\"'`"  # punctuation that ends a run of words without being part of a value
+MIN_CHARS = 4  # shorter values ("us", "m") are too often near an unrelated word to be snapped safely
+
+
+def _runs(question: str, n_words: int):
+    words = question.split()
+    for n in range(max(1, n_words - 2), n_words + 3):
+        for i in range(len(words) - n + 1):
+            run = " ".join(words[i:i + n])
+            yield run
+            stripped = run.strip(_EDGE)
+            if stripped and stripped != run:
+                yield stripped
+
+
+def closest_run(value: str, question: str) -> tuple[float, str | None]:
+    """The run of the question's words closest to ``value`` (case-blind), with difflib's ratio."""
+    best, target = (0.0, None), value.casefold()
+    for run in _runs(question, len(value.split())):
+        ratio = difflib.SequenceMatcher(None, target, run.casefold(), autojunk=False).ratio()
+        if ratio > best[0]:
+            best = (ratio, run)
+    return best
+
+
+def _in_case_of(value: str, run: str) -> str:
+    if value == value.lower():
+        return run.lower()
+    if value == value.upper():
+        return run.upper()
+    return run
+
+
+def _names(context: str | None) -> frozenset[str]:
+    if not context:
+        return frozenset()
+    try:
+        tables = schema_tables(context)
+    except SqltuneError:  # an unparsable context has no names to protect; the values are still values
+        return frozenset()
+    return frozenset(n.casefold() for t, cols in tables.items() for n in (t, *cols))
+
+
+def snap_values(sql: str, question: str, context: str | None = None, threshold: float = 0.8) -> tuple[str, int]:
+    """``sql`` with its misspelled copied values snapped to the question, and how many were snapped.
+    A double-quoted word counts as a value only where it is compared and names no table or column of
+    ``context`` (SQLite's own fallback for ``"abc"``)."""
+    if not sql or not question:
+        return sql, 0
+    try:
+        tokens = sqlglot.tokenize(sql, read=DIALECT)
+    except (SqlglotError, ValueError):
+        return sql, 0
+    names, q, edits = _names(context), question.casefold(), []
+    for prev, tok in zip(tokens, tokens[1:]):
+        if prev.token_type not in _COMPARISONS or tok.token_type not in (TokenType.STRING, TokenType.IDENTIFIER):
+            continue
+        value = tok.text
+        if tok.token_type is TokenType.IDENTIFIER and value.casefold() in names:
+            continue
+        if len(value) < MIN_CHARS or value.casefold() in q:
+            continue
+        ratio, run = closest_run(value, question)
+        if run is None or ratio < threshold:
+            continue
+        quote = sql[tok.start]
+        if quote not in "'\"":  # a bare word, not a quoted value
+            continue
+        run = _in_case_of(value, run)
+        edits.append((tok.start, tok.end + 1, quote + run.replace(quote, quote * 2) + quote))
+    for start, end, text in reversed(edits):
+        sql = sql[:start] + text + sql[end:]
+    return sql, len(edits)
+
