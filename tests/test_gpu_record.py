@@ -15,7 +15,10 @@ from dvc_project import env
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "metrics/runs/gpu-smollm2-wikisql"  # the LoRA recipe's
-FULL_RECORD = ROOT / "metrics/runs/gpu-smollm2-wikisql-full"  # the preset's full fine-tune
+FULL_RECORD = ROOT / "metrics/runs/gpu-smollm2-wikisql-full"  # the full fine-tune at 256 rows per step
+SNAP_RECORD = ROOT / "metrics/runs/gpu-smollm2-wikisql-snap"  # the same recipe, values snapped
+PRESET_RECORD = ROOT / "metrics/runs/gpu-smollm2-wikisql-bs176"  # the preset's recipe
+WIKISQL_RECORDS = [RECORD, FULL_RECORD, SNAP_RECORD, PRESET_RECORD]
 
 
 def git(*args, cwd):
@@ -34,7 +37,7 @@ def clone(tmp_path_factory):
     return dest
 
 
-@pytest.mark.parametrize("record", [RECORD, FULL_RECORD], ids=lambda p: p.name)
+@pytest.mark.parametrize("record", WIKISQL_RECORDS, ids=lambda p: p.name)
 def test_record_is_consistent(record):
     info = json.loads((record / "run-info.json").read_text())
     summaries = record / "metrics/eval/details.json"  # the LoRA record predates it: headline numbers only
@@ -60,14 +63,17 @@ def test_record_is_consistent(record):
         assert repeat == pytest.approx(info["train_runtime_repeat_s"], abs=0.01) and f"{repeat:.1f} s" in doc
 
 
-def test_the_preset_is_the_full_records_recipe():
-    """The preset as shipped trains what the full fine-tune's record trained; the record's
-    overrides only chose the reported rows and added the decoded row."""
+def test_the_preset_is_its_records_recipe():
+    """The preset as shipped trains and scores what its record ran; the earlier full fine-tune's
+    record differs from it in the rows per step and the snapping only (and its decoded row)."""
     from sqltune.config import load_params
 
-    preset, ran = load_params(ROOT / "presets/gpu-smollm2-wikisql.yaml"), load_params(FULL_RECORD / "params.yaml")
-    assert (ran.train, ran.prepare, ran.model, ran.seed) == (preset.train, preset.prepare, preset.model, preset.seed)
-    assert ran.prepare.test_offset == 0 and ran.train.method == "full"
+    preset, ran = load_params(ROOT / "presets/gpu-smollm2-wikisql.yaml"), load_params(PRESET_RECORD / "params.yaml")
+    assert (ran.train, ran.prepare, ran.model, ran.seed, ran.evaluate) == \
+        (preset.train, preset.prepare, preset.model, preset.seed, preset.evaluate)
+    assert ran.prepare.test_offset == 0 and ran.train.method == "full" and ran.evaluate.snap_values
+    before = load_params(FULL_RECORD / "params.yaml")
+    assert before.train.trainer.model_copy(update={"per_device_batch_size": 176}) == preset.train.trainer
     guided = json.loads((FULL_RECORD / "metrics/eval/details.json").read_text())["finetuned_guided"]
     doc = (ROOT / "docs/gpu.md").read_text()
     assert f"| {guided['execution_accuracy']:.3f} |" in doc and f"| {guided['exact_match']:.3f} |" in doc
@@ -98,7 +104,7 @@ def test_tuning_table_matches_the_experiment_records():
 
     readme = (ROOT / "docs/gpu.md").read_text().splitlines()
     records = sorted((ROOT / "metrics/runs/gpu-tuning").glob("t-*"))
-    assert len(records) == 17
+    assert len(records) == 21
     for rec in records:
         assert yaml.safe_load((rec / "params.yaml").read_text())["prepare"]["test_offset"] == 1000
         row = next(line for line in readme if line.startswith(f"| {rec.name} |"))
@@ -115,7 +121,7 @@ def test_tuning_table_matches_the_experiment_records():
         assert f"{ev['execution_accuracy']:.3f}" in cells and f"{ev['exact_match']:.3f}" in cells, row
 
 
-@pytest.mark.parametrize("record", [RECORD, FULL_RECORD], ids=lambda p: p.name)
+@pytest.mark.parametrize("record", WIKISQL_RECORDS, ids=lambda p: p.name)
 def test_record_rescores_from_its_own_predictions(record, shared_dir, tmp_path):
     """The record's accuracy follows from its committed predictions: the reported rows, rebuilt from
     ../shared by the prepare stage with the record's params, re-score to the run's execution accuracy
@@ -150,6 +156,12 @@ def test_record_rescores_from_its_own_predictions(record, shared_dir, tmp_path):
     strict, _ = score_rows(rows, texts, value_case="exact", **opts)
     assert lenient["n_correct"] == ev["n_correct"] and lenient["exact_match"] == ev["exact_match"]
     assert strict["execution_accuracy"] == pytest.approx(info["execution_accuracy_strict"], abs=5e-4)
+    if "execution_accuracy_unsnapped" in info:  # the model's own queries, where snapping changed them
+        raw = [p.get("unsnapped", p["prediction"]) for p in preds]
+        assert sum(p["prediction"] != r for p, r in zip(preds, raw)) > 0
+        unsnapped, _ = score_rows(rows, raw, value_case="insensitive", **opts)
+        assert unsnapped["execution_accuracy"] == pytest.approx(info["execution_accuracy_unsnapped"], abs=5e-4)
+        assert unsnapped["exact_match"] == pytest.approx(info["exact_match_unsnapped"], abs=5e-4)
 
 
 def test_decoding_table_matches_its_records():
