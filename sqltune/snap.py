@@ -21,13 +21,14 @@ from sqlglot.tokens import TokenType
 from sqltune.errors import SqltuneError
 from sqltune.sql import DIALECT, schema_tables
 
-_COMPARISONS = frozenset({TokenType.EQ, TokenType.NEQ, TokenType.GT, TokenType.GTE, TokenType.LT,
-                          TokenType.LTE, TokenType.LIKE, TokenType.ILIKE, TokenType.GLOB})
+# LIKE and GLOB take patterns, whose wildcards the question never holds: they are not copied values.
+_COMPARISONS = frozenset({TokenType.EQ, TokenType.NEQ, TokenType.GT, TokenType.GTE, TokenType.LT, TokenType.LTE})
 _EDGE = "?.,!;:\"'`"  # punctuation that ends a run of words without being part of a value
 MIN_CHARS = 4  # shorter values ("us", "m") are too often near an unrelated word to be snapped safely
 
 
 def _runs(question: str, n_words: int):
+    """Runs of up to two words fewer or more than the value has (a copy can split or merge words)."""
     words = question.split()
     for n in range(max(1, n_words - 2), n_words + 3):
         for i in range(len(words) - n + 1):
@@ -36,6 +37,7 @@ def _runs(question: str, n_words: int):
             stripped = run.strip(_EDGE)
             if stripped and stripped != run:
                 yield stripped
+
 
 
 def closest_run(value: str, question: str) -> tuple[float, str | None]:

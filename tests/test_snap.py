@@ -23,7 +23,9 @@ def test_values_the_question_holds_or_nothing_near_stay_as_written():
                 "SELECT player FROM t WHERE name = 'United States'",  # nothing in the question is near it
                 "SELECT player FROM t WHERE name = 'Pet'",            # too short to snap safely
                 "SELECT player FROM t WHERE money = 13",              # numbers are not text values
-                "SELECT player FROM t WHERE player = name"]:          # columns are not values
+                "SELECT player FROM t WHERE player = name",           # columns are not values
+                "SELECT player FROM t WHERE name LIKE '%Peter Hedbl%'",  # patterns keep their wildcards
+                "SELECT player FROM t WHERE name GLOB 'Peter Hedblo*'"]:
         assert snap_values(sql, q, CTX) == (sql, 0)
 
 
