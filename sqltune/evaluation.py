@@ -16,19 +16,13 @@ from sqltune.snap import snap_values
 from sqltune.sql import extract_sql
 
 
-def _snapped(rows: list[dict], preds: list[str], params: Params) -> tuple[list[str], int]:
-    """The predictions with their copied values snapped to each row's question (evaluate.snap_values),
-    and how many values were snapped."""
+def _snapped(rows: list[dict], queries: list[str], params: Params) -> tuple[list[str], int]:
+    """The extracted queries with their copied values snapped to each row's question
+    (evaluate.snap_values), and how many values were snapped."""
     if not params.evaluate.snap_values:
-        return preds, 0
-    out = [snap_values(extract_sql(p), r["question"], r.get("context")) for p, r in zip(preds, rows)]
+        return queries, 0
+    out = [snap_values(sql, r["question"], r.get("context")) for sql, r in zip(queries, rows)]
     return [sql for sql, _ in out], sum(n for _, n in out)
-
-
-def _snapped_candidates(rows: list[dict], cands: list[list[str]], params: Params) -> list[list[str]]:
-    if not params.evaluate.snap_values:
-        return cands
-    return [_snapped([r] * len(x), x, params)[0] for r, x in zip(rows, cands)]
 
 
 def _score(rows: list[dict], preds: list[str], params: Params, name: str | None) -> tuple[dict, list[dict]]:
@@ -66,7 +60,8 @@ def guided_predict_and_score(model, tok, rows: list[dict], params: Params, name:
     cands = generate_candidates(model, tok, [r["prompt"] for r in rows], e, e.decoding, params.seed,
                                 desc=f"{name}: generating {e.num_candidates} candidates")
     t1 = time.perf_counter()
-    cands = _snapped_candidates(rows, cands, params)
+    if e.snap_values:
+        cands = [_snapped([r] * len(x), [extract_sql(c) for c in x], params)[0] for r, x in zip(rows, cands)]
     chosen = select_rows(rows, cands, seed=params.seed, timeout_s=e.query_timeout_s, db_dir=e.db_dir,
                          value_case=e.value_case, rule=e.selection, workers=e.score_workers,
                          desc=f"{name}: selecting")

@@ -39,7 +39,6 @@ def _runs(question: str, n_words: int):
                 yield stripped
 
 
-
 def closest_run(value: str, question: str) -> tuple[float, str | None]:
     """The run of the question's words closest to ``value`` (case-blind), with difflib's ratio."""
     best, target = (0.0, None), value.casefold()
@@ -78,20 +77,19 @@ def snap_values(sql: str, question: str, context: str | None = None, threshold: 
         tokens = sqlglot.tokenize(sql, read=DIALECT)
     except (SqlglotError, ValueError):
         return sql, 0
-    names, q, edits = _names(context), question.casefold(), []
+    names, q, edits = None, question.casefold(), []
     for prev, tok in zip(tokens, tokens[1:]):
         if prev.token_type not in _COMPARISONS or tok.token_type not in (TokenType.STRING, TokenType.IDENTIFIER):
             continue
-        value = tok.text
-        if tok.token_type is TokenType.IDENTIFIER and value.casefold() in names:
-            continue
-        if len(value) < MIN_CHARS or value.casefold() in q:
-            continue
+        value, quote = tok.text, sql[tok.start]
+        if quote not in "'\"" or len(value) < MIN_CHARS or value.casefold() in q:
+            continue  # not a quoted value (a blob literal, say), too short, or copied right
+        if tok.token_type is TokenType.IDENTIFIER:
+            names = _names(context) if names is None else names  # read once, and only when needed
+            if value.casefold() in names:
+                continue
         ratio, run = closest_run(value, question)
         if run is None or ratio < threshold:
-            continue
-        quote = sql[tok.start]
-        if quote not in "'\"":  # a bare word, not a quoted value
             continue
         run = _in_case_of(value, run)
         edits.append((tok.start, tok.end + 1, quote + run.replace(quote, quote * 2) + quote))
