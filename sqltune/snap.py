@@ -6,13 +6,16 @@ questions whose values are copied (WikiSQL, sql-create-context, GeoQuery), each 
 query appears in the question. So a value that is compared in the query, that the question does not
 contain, and that is close to one run of the question's words (difflib's ratio at least ``threshold``)
 is replaced by that run, in the value's own letter case (all lower, all upper, or as the question
-writes it). A value the question holds, a value with no close run, numbers and identifiers stay as
-they are, so a query whose values are not copied from the question is left alone.
+writes it). "Contains" means as whole words: a value cut inside a word ("persipal pal" for "Persipal
+Palu") or copied with the space before the word (" Southampton") is not a copy, and snaps. A value
+the question holds, a value with no close run, numbers and identifiers stay as they are, so a query
+whose values are not copied from the question is left alone.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 
 import sqlglot
 from sqlglot.errors import SqlglotError
@@ -49,6 +52,11 @@ def closest_run(value: str, question: str) -> tuple[float, str | None]:
     return best
 
 
+def holds(question: str, value: str) -> bool:
+    """Whether ``question`` holds ``value`` as whole words (case-blind), not cut inside a word."""
+    return re.search(r"(?<!\w)" + re.escape(value.casefold()) + r"(?!\w)", question.casefold()) is not None
+
+
 def _in_case_of(value: str, run: str) -> str:
     if value == value.lower():
         return run.lower()
@@ -77,21 +85,21 @@ def snap_values(sql: str, question: str, context: str | None = None, threshold: 
         tokens = sqlglot.tokenize(sql, read=DIALECT)
     except (SqlglotError, ValueError):
         return sql, 0
-    names, q, edits = None, question.casefold(), []
+    names, edits = None, []
     for prev, tok in zip(tokens, tokens[1:]):
         if prev.token_type not in _COMPARISONS or tok.token_type not in (TokenType.STRING, TokenType.IDENTIFIER):
             continue
         value, quote = tok.text, sql[tok.start]
-        if quote not in "'\"" or len(value) < MIN_CHARS or value.casefold() in q:
+        if quote not in "'\"" or len(value.strip()) < MIN_CHARS or holds(question, value):
             continue  # not a quoted value (a blob literal, say), too short, or copied right
         if tok.token_type is TokenType.IDENTIFIER:
             names = _names(context) if names is None else names  # read once, and only when needed
             if value.casefold() in names:
                 continue
-        ratio, run = closest_run(value, question)
+        ratio, run = closest_run(value.strip(), question)
         if run is None or ratio < threshold:
             continue
-        run = _in_case_of(value, run)
+        run = _in_case_of(value.strip(), run)
         edits.append((tok.start, tok.end + 1, quote + run.replace(quote, quote * 2) + quote))
     for start, end, text in reversed(edits):
         sql = sql[:start] + text + sql[end:]

@@ -394,6 +394,10 @@ def save_trained(trainer, tok, out_dir: str | Path, base_id: str, revision: str 
             # folder it was loaded from, so the adapter loads outside this checkout.
             config.base_model_name_or_path = base_id
             config.revision = revision
+            # PEFT keeps the resolved targets as a set, whose order follows the hash seed: sorted, the
+            # same weights always make the same adapter_config.json, so DVC sees the same adapter.
+            if isinstance(config.target_modules, (set, list, tuple)):
+                config.target_modules = sorted(config.target_modules)
         with atomic_dir(out_dir) as tmp:
             if peft:  # LoRA targets no embedding layer, so PEFT needs no look at the base's hub config.
                 model.save_pretrained(tmp, state_dict=state_dict, save_embedding_layers=False)

@@ -17,6 +17,17 @@ def test_a_misspelled_copied_value_takes_the_questions_words_in_its_own_case():
     assert sql == 'SELECT money FROM t WHERE player = "INNA NIKITINA"'
 
 
+def test_a_value_cut_inside_a_word_or_copied_with_its_space_is_not_a_copy():
+    q = "Who played in group 11 when Persipal Palu played Southampton?"
+    sql, n = snap_values('SELECT player FROM t WHERE name = "persipal pal"', q, CTX)
+    assert (sql, n) == ('SELECT player FROM t WHERE name = "persipal palu"', 1)
+    sql, n = snap_values('SELECT player FROM t WHERE name = " Southampton"', q, CTX)
+    assert (sql, n) == ('SELECT player FROM t WHERE name = "Southampton"', 1)
+    # Whole words the question holds stay, punctuation and all.
+    sql = 'SELECT player FROM t WHERE name = "i.c." AND player = "persipal palu"'
+    assert snap_values(sql, "How many laps did I.C. Team and Persipal Palu have?", CTX) == (sql, 0)
+
+
 def test_values_the_question_holds_or_nothing_near_stay_as_written():
     q = "Which player won 12 and is named Peter Hedblom?"
     for sql in ['SELECT player FROM t WHERE name = "peter hedblom"',   # in the question (case-blind)
