@@ -121,14 +121,17 @@ def test_tuning_table_matches_the_experiment_records():
         assert f"{ev['execution_accuracy']:.3f}" in cells and f"{ev['exact_match']:.3f}" in cells, row
 
 
-@pytest.mark.parametrize("record", WIKISQL_RECORDS, ids=lambda p: p.name)
-def test_record_rescores_from_its_own_predictions(record, shared_dir, tmp_path):
-    """The record's accuracy follows from its committed predictions: the reported rows, rebuilt from
-    ../shared by the prepare stage with the record's params, re-score to the run's execution accuracy
-    under WikiSQL's value rule, and to the README's strict number under SQLite's case-sensitive `=`."""
+# where the records' data files lie in ../shared (the runs read copies of them in data/raw/)
+SHARED_FILES = {"wikisql_train.jsonl": "data/create_context/wikisql_train.jsonl",
+                "wikisql_dev.jsonl": "data/create_context/wikisql_dev.jsonl",
+                "geography.jsonl": "benchmarks/geoquery/geography.jsonl"}
+
+
+def _rebuilt(record, shared_dir, tmp_path):
+    """The record's test rows, rebuilt from ../shared by the prepare stage with the record's params,
+    its fine-tuned predictions, its run-info, and its params (local paths pointed at ../shared)."""
     from sqltune.config import load_params
     from sqltune.io import read_jsonl
-    from sqltune.scoring import score_rows
 
     # Exact duplicates are now dropped from train (WikiSQL train has 133), so the record's "all of
     # it" train_size is lowered; the test rows come from the dev file and do not depend on it.
@@ -136,8 +139,13 @@ def test_record_rescores_from_its_own_predictions(record, shared_dir, tmp_path):
     rec_params["prepare"]["train_size"] = 54844
     if rec_params["train"]["quantization"].pop("load_in_4bit", None) is False:  # before train.method named it
         rec_params["train"]["method"] = "lora"
-    rec_params["prepare"].update(dataset=str(shared_dir / "data/create_context/wikisql_train.jsonl"),
-                                 test_dataset=str(shared_dir / "data/create_context/wikisql_dev.jsonl"))
+    prep = rec_params["prepare"]
+    for source in [prep, *(prep.get("mix") or [])]:
+        for key in ("dataset", "test_dataset"):
+            if source.get(key):
+                source[key] = str(shared_dir / SHARED_FILES[Path(source[key]).name])
+    if rec_params["evaluate"].get("db_dir"):
+        rec_params["evaluate"]["db_dir"] = str(shared_dir / "benchmarks/geoquery")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(rec_params))
     done = subprocess.run([sys.executable, "stages/prepare.py", "--params", str(tmp_path / "params.yaml"),
                            "--out", str(tmp_path / "prep"), "--stats", str(tmp_path / "stats.json")],
@@ -147,11 +155,26 @@ def test_record_rescores_from_its_own_predictions(record, shared_dir, tmp_path):
     preds = [r for r in read_jsonl(record / "metrics/predictions.jsonl") if r["model"] == "finetuned"]
     assert [p["index"] for p in preds] == list(range(len(rows)))
     info = json.loads((record / "run-info.json").read_text())
+    return rows, preds, info, load_params(tmp_path / "params.yaml")
+
+
+def _score_opts(params):
+    e = params.evaluate
+    return dict(n_databases=e.n_databases, seed=params.seed, timeout_s=e.query_timeout_s, db_dir=e.db_dir)
+
+
+@pytest.mark.parametrize("record", WIKISQL_RECORDS, ids=lambda p: p.name)
+def test_record_rescores_from_its_own_predictions(record, shared_dir, tmp_path):
+    """The record's accuracy follows from its committed predictions: the reported rows, rebuilt from
+    ../shared by the prepare stage with the record's params, re-score to the run's execution accuracy
+    under WikiSQL's value rule, and to the README's strict number under SQLite's case-sensitive `=`."""
+    from sqltune.scoring import score_rows
+
+    rows, preds, info, params = _rebuilt(record, shared_dir, tmp_path)
     summaries = record / "metrics/eval/details.json"  # the LoRA record predates it: all in metrics.json
     ev = json.loads((summaries if summaries.is_file() else record / "metrics/eval/metrics.json").read_text())["finetuned"]
     texts = [p["prediction"] for p in preds]
-    params = load_params(tmp_path / "params.yaml")  # the run's own scoring settings
-    opts = dict(n_databases=params.evaluate.n_databases, seed=params.seed, timeout_s=params.evaluate.query_timeout_s)
+    opts = _score_opts(params)  # the run's own scoring settings
     lenient, _ = score_rows(rows, texts, value_case="insensitive", **opts)
     strict, _ = score_rows(rows, texts, value_case="exact", **opts)
     assert lenient["n_correct"] == ev["n_correct"] and lenient["exact_match"] == ev["exact_match"]
@@ -162,6 +185,33 @@ def test_record_rescores_from_its_own_predictions(record, shared_dir, tmp_path):
         unsnapped, _ = score_rows(rows, raw, value_case="insensitive", **opts)
         assert unsnapped["execution_accuracy"] == pytest.approx(info["execution_accuracy_unsnapped"], abs=5e-4)
         assert unsnapped["exact_match"] == pytest.approx(info["exact_match_unsnapped"], abs=5e-4)
+
+
+RESNAPPED = [PRESET_RECORD, ROOT / "metrics/runs/gpu-geoquery/test-r48", ROOT / "metrics/runs/gpu-geoquery/r48-on-wikisql-dev"]
+
+
+@pytest.mark.parametrize("record", RESNAPPED, ids=lambda p: p.name)
+def test_record_rescores_under_the_current_snapping_rule(record, shared_dir, tmp_path):
+    """Snapping only rewrites the model's own queries, so a record made under an earlier snapping rule
+    (or none) re-scores under the current rule from its predictions: the model's queries, snapped by
+    today's sqltune.snap as evaluate snaps them, give the numbers that run-info.json's `resnapped`
+    and docs/gpu.md state. A change to the rule fails here until they are re-scored."""
+    from sqltune.scoring import score_rows
+    from sqltune.snap import snap_values
+
+    rows, preds, info, params = _rebuilt(record, shared_dir, tmp_path)
+    want = info["resnapped"]
+    snapped = [snap_values(p.get("unsnapped", p["prediction"]), r["question"], r.get("context"))
+               for p, r in zip(preds, rows)]
+    assert sum(n for _, n in snapped) == want["snapped_values"]
+    got, _ = score_rows(rows, [q for q, _ in snapped], value_case=params.evaluate.value_case, **_score_opts(params))
+    assert got["execution_accuracy"] == pytest.approx(want["execution_accuracy"], abs=5e-4)
+    assert got["exact_match"] == pytest.approx(want["exact_match"], abs=5e-4)
+    doc = (ROOT / "docs/gpu.md").read_text()
+    assert f"{want['execution_accuracy']:.3f} / {want['exact_match']:.3f}" in doc
+    if "execution_accuracy_strict" in want:
+        strict, _ = score_rows(rows, [q for q, _ in snapped], value_case="exact", **_score_opts(params))
+        assert strict["execution_accuracy"] == pytest.approx(want["execution_accuracy_strict"], abs=5e-4)
 
 
 def test_decoding_table_matches_its_records():
