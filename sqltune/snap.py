@@ -7,9 +7,11 @@ query appears in the question. So a value that is compared in the query, that th
 contain, and that is close to one run of the question's words (difflib's ratio at least ``threshold``)
 is replaced by that run, in the value's own letter case (all lower, all upper, or as the question
 writes it). "Contains" means as whole words: a value cut inside a word ("persipal pal" for "Persipal
-Palu") or copied with the space before the word (" Southampton") is not a copy, and snaps. A value
-the question holds, a value with no close run, numbers and identifiers stay as they are, so a query
-whose values are not copied from the question is left alone.
+Palu", "bn 1-937007-44-8" for "isbn 1-937007-44-8") or copied with a space at either end
+(" Southampton") is not a copy, and snaps. A value that ends in a digit may stop where the word goes
+on: a number copied without its unit or suffix ("8,047" of "8,047m", "1990" of "the 1990s") is how
+the gold queries write it. A value the question holds, a value with no close run, numbers and
+identifiers stay as they are, so a query whose values are not copied from the question is left alone.
 """
 
 from __future__ import annotations
@@ -53,8 +55,12 @@ def closest_run(value: str, question: str) -> tuple[float, str | None]:
 
 
 def holds(question: str, value: str) -> bool:
-    """Whether ``question`` holds ``value`` as whole words (case-blind), not cut inside a word."""
-    return re.search(r"(?<!\w)" + re.escape(value.casefold()) + r"(?!\w)", question.casefold()) is not None
+    """Whether ``question`` holds ``value`` as whole words (case-blind): not cut inside a word, save
+    that a value ending in a digit may stop before a unit or suffix, and with no space at either end."""
+    if not value or value != value.strip():
+        return False
+    end = "" if value[-1].isdigit() else r"(?!\w)"
+    return re.search(r"(?<!\w)" + re.escape(value.casefold()) + end, question.casefold()) is not None
 
 
 def _in_case_of(value: str, run: str) -> str:

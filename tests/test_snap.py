@@ -23,6 +23,12 @@ def test_a_value_cut_inside_a_word_or_copied_with_its_space_is_not_a_copy():
     assert (sql, n) == ('SELECT player FROM t WHERE name = "persipal palu"', 1)
     sql, n = snap_values('SELECT player FROM t WHERE name = " Southampton"', q, CTX)
     assert (sql, n) == ('SELECT player FROM t WHERE name = "Southampton"', 1)
+    # A stray space is never part of a copy, whatever stands before the word in the question.
+    sql, n = snap_values('SELECT player FROM t WHERE name = "Southampton "', "Who beat Arsenal, Southampton, and when?", CTX)
+    assert (sql, n) == ('SELECT player FROM t WHERE name = "Southampton"', 1)
+    # A value that ends in a digit but starts inside a word is cut too.
+    sql, n = snap_values('SELECT player FROM t WHERE name = "bn 1-937007-44-8"', "Who published isbn 1-937007-44-8?", CTX)
+    assert (sql, n) == ('SELECT player FROM t WHERE name = "isbn 1-937007-44-8"', 1)
     # Whole words the question holds stay, punctuation and all.
     sql = 'SELECT player FROM t WHERE name = "i.c." AND player = "persipal palu"'
     assert snap_values(sql, "How many laps did I.C. Team and Persipal Palu have?", CTX) == (sql, 0)
@@ -34,9 +40,20 @@ def test_values_the_question_holds_or_nothing_near_stay_as_written():
                 "SELECT player FROM t WHERE name = 'United States'",  # nothing in the question is near it
                 "SELECT player FROM t WHERE name = 'Pet'",            # too short to snap safely
                 "SELECT player FROM t WHERE money = 13",              # numbers are not text values
+                "SELECT player FROM t WHERE name < '12 and'",         # whole words the question holds
+                "SELECT player FROM t WHERE name = 'hedblom'",        # one of its words
                 "SELECT player FROM t WHERE player = name",           # columns are not values
                 "SELECT player FROM t WHERE name LIKE '%Peter Hedbl%'",  # patterns keep their wildcards
                 "SELECT player FROM t WHERE name GLOB 'Peter Hedblo*'"]:
+        assert snap_values(sql, q, CTX) == (sql, 0)
+
+
+def test_a_number_copied_without_its_unit_or_suffix_stays():
+    """Gold queries copy "8,047" of "8,047m" and "1990" of "the 1990s": a value that ends in a digit
+    may stop where the question's word goes on."""
+    for sql, q in [("SELECT player FROM t WHERE name < '8,047'", "Which is shorter than 8,047m?"),
+                   ("SELECT player FROM t WHERE name = '1990'", "Who won in the 1990s?"),
+                   ("SELECT player FROM t WHERE name = '$1,036'", "Which had $1,036m in sales?")]:
         assert snap_values(sql, q, CTX) == (sql, 0)
 
 
