@@ -194,7 +194,7 @@ RESNAPPED = [PRESET_RECORD, ROOT / "metrics/runs/gpu-geoquery/test-r48", ROOT / 
 def test_record_rescores_under_the_current_snapping_rule(record, shared_dir, tmp_path):
     """Snapping only rewrites the model's own queries, so a record made under an earlier snapping rule
     (or none) re-scores under the current rule from its predictions: the model's queries, snapped by
-    today's sqltune.snap as evaluate snaps them, give the numbers that run-info.json's `resnapped`
+    the current sqltune.snap as evaluate snaps them, give the numbers that run-info.json's `resnapped`
     and docs/gpu.md state. A change to the rule fails here until they are re-scored."""
     from sqltune.scoring import score_rows
     from sqltune.snap import snap_values
