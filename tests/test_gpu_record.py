@@ -127,9 +127,18 @@ SHARED_FILES = {"wikisql_train.jsonl": "data/create_context/wikisql_train.jsonl"
                 "geography.jsonl": "benchmarks/geoquery/geography.jsonl"}
 
 
+_REBUILT = {}  # record -> what _rebuilt returns: two tests re-score the same record from the same rows
+
+
 def _rebuilt(record, shared_dir, tmp_path):
     """The record's test rows, rebuilt from ../shared by the prepare stage with the record's params,
     its fine-tuned predictions, its run-info, and its params (local paths pointed at ../shared)."""
+    if record not in _REBUILT:
+        _REBUILT[record] = _rebuild(record, shared_dir, tmp_path)
+    return _REBUILT[record]
+
+
+def _rebuild(record, shared_dir, tmp_path):
     from sqltune.config import load_params
     from sqltune.io import read_jsonl
 
@@ -204,13 +213,14 @@ def test_record_rescores_under_the_current_snapping_rule(record, shared_dir, tmp
     snapped = [snap_values(p.get("unsnapped", p["prediction"]), r["question"], r.get("context"))
                for p, r in zip(preds, rows)]
     assert sum(n for _, n in snapped) == want["snapped_values"]
-    got, _ = score_rows(rows, [q for q, _ in snapped], value_case=params.evaluate.value_case, **_score_opts(params))
+    opts = _score_opts(params)
+    got, _ = score_rows(rows, [q for q, _ in snapped], value_case=params.evaluate.value_case, **opts)
     assert got["execution_accuracy"] == pytest.approx(want["execution_accuracy"], abs=5e-4)
     assert got["exact_match"] == pytest.approx(want["exact_match"], abs=5e-4)
     doc = (ROOT / "docs/gpu.md").read_text()
     assert f"{want['execution_accuracy']:.3f} / {want['exact_match']:.3f}" in doc
     if "execution_accuracy_strict" in want:
-        strict, _ = score_rows(rows, [q for q, _ in snapped], value_case="exact", **_score_opts(params))
+        strict, _ = score_rows(rows, [q for q, _ in snapped], value_case="exact", **opts)
         assert strict["execution_accuracy"] == pytest.approx(want["execution_accuracy_strict"], abs=5e-4)
 
 
